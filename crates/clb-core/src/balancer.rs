@@ -1,0 +1,744 @@
+//! The balancer state machine: one per node and namespace.
+
+use std::collections::VecDeque;
+
+use rand_core::Rng;
+
+use crate::config::{Config, ConfigError, validate_node_id};
+use crate::event::{Event, HoldReason, MemberCount, RoundEvent, RoundOutcome};
+use crate::report::{ClusterView, NodeId, Report, TieBreaker};
+use crate::round::{DiscardReason, Round, collect};
+use crate::safety::{Settle, ShedPlan, hard_cap};
+use crate::strategy;
+use crate::time::Millis;
+
+/// Something the driver must do for the balancer.
+///
+/// Deliberately not `#[non_exhaustive]`: a driver must handle every action,
+/// so a new one is a breaking change that the compiler points out.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Read this node's resource count and answer with
+    /// [`Balancer::handle_count`].
+    ReadCount,
+    /// Publish this report to the backend (fire and forget: a failed publish
+    /// shows up to others as a stale report).
+    Publish(Report),
+    /// Fetch the live members and reports of the namespace and answer with
+    /// [`Balancer::handle_view`]. Always comes after the `Publish` of the
+    /// same tick.
+    FetchView,
+    /// Shed this many resources and answer with [`Balancer::handle_shed_done`].
+    Shed {
+        /// How many.
+        n: u64,
+    },
+}
+
+/// This node's `count()` failed, panicked or timed out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CountFailed;
+
+/// The backend could not deliver a view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ViewFailed;
+
+/// `shed()` failed, panicked or timed out; what it closed is unknown and
+/// counted as 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShedFailed;
+
+/// The decision state machine of one node in one namespace.
+///
+/// It never reads a clock, a socket or a global RNG. A driver feeds it inputs
+/// and carries out what it asks, in this loop:
+///
+/// 1. Sleep until [`poll_timeout`](Self::poll_timeout) (or until an answer
+///    arrives), then call [`handle_timeout`](Self::handle_timeout).
+/// 2. Drain [`poll_action`](Self::poll_action) until `None`, carrying out each
+///    [`Action`] in order. Answers come back through `handle_count`,
+///    `handle_view` and `handle_shed_done`; after each, drain again.
+/// 3. Drain [`poll_event`](Self::poll_event) for logs, metrics and
+///    subscribers.
+///
+/// At most one `ReadCount`, one `FetchView` and one `Shed` are outstanding at
+/// a time; the driver **must** answer each exactly once (a timeout is a
+/// failure answer), or the balancer waits forever for it.
+///
+/// ```
+/// use clb_core::{Action, Balancer, ClusterView, Config, Millis};
+/// use rand_chacha::{ChaCha8Rng, rand_core::SeedableRng};
+///
+/// let mut b = Balancer::new("a".into(), Config::classic(), Millis(0), ChaCha8Rng::seed_from_u64(1))?;
+/// b.handle_timeout(Millis(0));
+/// assert_eq!(b.poll_action(), Some(Action::ReadCount));
+/// b.handle_count(Millis(0), Ok(7));
+/// assert!(matches!(b.poll_action(), Some(Action::Publish(r)) if r.count == 7));
+/// # Ok::<(), clb_core::ConfigError>(())
+/// ```
+#[derive(Debug)]
+pub struct Balancer<R> {
+    config: Config,
+    node: NodeId,
+    address: Option<String>,
+    tie_breaker: TieBreaker,
+    rng: R,
+
+    seq: u64,
+    next_publish: Millis,
+    next_round: Millis,
+    /// A count read is outstanding, asked at this time.
+    count_asked_at: Option<Millis>,
+    /// A round is due since this time; it needs a count asked at or after it.
+    round_due: Option<Millis>,
+    /// The round's own report, waiting for the view.
+    round_report: Option<Report>,
+    view_outstanding: bool,
+    shed_outstanding: Option<u64>,
+
+    settle: Settle,
+    plan: ShedPlan,
+    rounds: u64,
+    accepting: bool,
+
+    actions: VecDeque<Action>,
+    events: VecDeque<Event>,
+}
+
+impl<R: Rng> Balancer<R> {
+    /// A balancer for `node`, started at `now`: it publishes at once and
+    /// decides its first round one `round_duration` later. The tie breaker is
+    /// drawn from `rng` here, once for the life of the balancer.
+    pub fn new(node: NodeId, config: Config, now: Millis, mut rng: R) -> Result<Self, ConfigError> {
+        config.validate()?;
+        validate_node_id(node.as_str())?;
+        let tie_breaker = TieBreaker::random(&mut rng);
+        Ok(Balancer {
+            next_publish: now,
+            next_round: now + config.round_duration,
+            config,
+            node,
+            address: None,
+            tie_breaker,
+            rng,
+            seq: 0,
+            count_asked_at: None,
+            round_due: None,
+            round_report: None,
+            view_outstanding: false,
+            shed_outstanding: None,
+            settle: Settle::default(),
+            plan: ShedPlan::default(),
+            rounds: 0,
+            accepting: true,
+            actions: VecDeque::new(),
+            events: VecDeque::new(),
+        })
+    }
+
+    /// Sets the address this node's clients connect to, advertised in every
+    /// report from the next publish on.
+    pub fn set_address(&mut self, address: Option<String>) {
+        self.address = address;
+    }
+
+    /// Replaces the tie breaker (tests and the simulator's explicit inputs).
+    pub fn set_tie_breaker(&mut self, tie_breaker: TieBreaker) {
+        self.tie_breaker = tie_breaker;
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> &NodeId {
+        &self.node
+    }
+
+    /// The validated configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// This balancer's tie breaker.
+    pub fn tie_breaker(&self) -> TieBreaker {
+        self.tie_breaker
+    }
+
+    /// How many rounds have ended (any outcome).
+    pub fn num_rounds(&self) -> u64 {
+        self.rounds
+    }
+
+    /// Whether this node should accept new resources now (SPEC §4 admission
+    /// control), from the last complete round. Always true for `classic`.
+    pub fn accepting(&self) -> bool {
+        self.accepting
+    }
+
+    /// What is still planned to be shed in this round.
+    pub fn planned(&self) -> u64 {
+        self.plan.remaining() + self.shed_outstanding.unwrap_or(0)
+    }
+
+    /// Call when `now >= poll_timeout()`; calling early is harmless.
+    pub fn handle_timeout(&mut self, now: Millis) {
+        let interval = self.config.publish_interval();
+        let mut want_count = false;
+        if now >= self.next_publish {
+            while self.next_publish <= now {
+                self.next_publish = self.next_publish + interval;
+            }
+            want_count = true;
+        }
+        if now >= self.next_round {
+            while self.next_round <= now {
+                self.next_round = self.next_round + self.config.round_duration;
+            }
+            self.round_due = Some(now);
+            want_count = true;
+        }
+        if want_count {
+            self.ask_count(now);
+        }
+        self.shed_due(now);
+    }
+
+    /// The answer to [`Action::ReadCount`].
+    pub fn handle_count(&mut self, now: Millis, count: Result<u64, CountFailed>) {
+        let asked_at = self.count_asked_at.take().unwrap_or(now);
+        let serves_round = self.round_due.is_some_and(|due| asked_at >= due);
+        match count {
+            Ok(n) => {
+                self.seq += 1;
+                let report = Report {
+                    node: self.node.clone(),
+                    count: n,
+                    tie_breaker: self.tie_breaker,
+                    weight: self.config.weight,
+                    address: self.address.clone(),
+                    seq: self.seq,
+                };
+                self.actions.push_back(Action::Publish(report.clone()));
+                if serves_round && !self.view_outstanding {
+                    self.round_due = None;
+                    self.round_report = Some(report);
+                    self.view_outstanding = true;
+                    self.actions.push_back(Action::FetchView);
+                }
+            }
+            Err(CountFailed) if serves_round => {
+                self.round_due = None;
+                let outcome = RoundOutcome::Discarded {
+                    reason: DiscardReason::CountFailed,
+                };
+                self.end_round(now, None, None, Vec::new(), outcome);
+            }
+            Err(CountFailed) => {}
+        }
+        // A read asked before the round's tick is not fresh enough for it.
+        if self.round_due.is_some() {
+            self.ask_count(now);
+        }
+    }
+
+    /// The answer to [`Action::FetchView`]: decides the round.
+    pub fn handle_view(&mut self, now: Millis, view: Result<ClusterView, ViewFailed>) {
+        if !self.view_outstanding {
+            return;
+        }
+        self.view_outstanding = false;
+        let Some(own) = self.round_report.take() else {
+            return;
+        };
+        let view = match view {
+            Ok(view) => view,
+            Err(ViewFailed) => {
+                let outcome = RoundOutcome::Discarded {
+                    reason: DiscardReason::BackendFailed,
+                };
+                self.end_round(now, Some(own.count), None, Vec::new(), outcome);
+                return;
+            }
+        };
+        match collect(&own, &view, self.config.round_duration) {
+            Ok(round) => self.decide(now, &round),
+            Err(reason) => {
+                let mut members: Vec<MemberCount> = view
+                    .members
+                    .iter()
+                    .filter(|m| m.node != own.node)
+                    .map(|m| MemberCount {
+                        node: m.node.clone(),
+                        count: m.report.as_ref().map(|r| r.count),
+                    })
+                    .collect();
+                members.push(MemberCount {
+                    node: own.node.clone(),
+                    count: Some(own.count),
+                });
+                members.sort_by(|a, b| a.node.cmp(&b.node));
+                let outcome = RoundOutcome::Discarded { reason };
+                self.end_round(now, Some(own.count), None, members, outcome);
+            }
+        }
+    }
+
+    /// The answer to [`Action::Shed`]: `Ok(n)` is what the resource says it
+    /// actually shed.
+    pub fn handle_shed_done(&mut self, now: Millis, shed: Result<u64, ShedFailed>) {
+        let requested = self.shed_outstanding.take().unwrap_or(0);
+        match shed {
+            Ok(shed) => self.events.push_back(Event::ShedDone { requested, shed }),
+            Err(ShedFailed) => {
+                let cancelled = self.plan.cancel();
+                self.events.push_back(Event::ShedFailed {
+                    requested,
+                    cancelled,
+                });
+            }
+        }
+        self.shed_due(now);
+    }
+
+    /// The next thing to do, in order; `None` when there is nothing.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// The next event to report, in order.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When to call [`handle_timeout`](Self::handle_timeout) next.
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        let mut t = self.next_publish.min(self.next_round);
+        if self.shed_outstanding.is_none() {
+            if let Some(due) = self.plan.next_due() {
+                t = t.min(due);
+            }
+        }
+        Some(t)
+    }
+
+    fn ask_count(&mut self, now: Millis) {
+        if self.count_asked_at.is_none() {
+            self.count_asked_at = Some(now);
+            self.actions.push_back(Action::ReadCount);
+        }
+    }
+
+    fn shed_due(&mut self, now: Millis) {
+        if self.shed_outstanding.is_some() {
+            return;
+        }
+        if let Some(n) = self.plan.take_due(now) {
+            self.shed_outstanding = Some(n);
+            self.actions.push_back(Action::Shed { n });
+        }
+    }
+
+    fn decide(&mut self, now: Millis, round: &Round) {
+        let ids: Vec<NodeId> = round.entries().iter().map(|e| e.node.clone()).collect();
+        let settling = self.settle.observe(&ids, self.config.settle_rounds);
+        let decision = strategy::decide(round, &self.config);
+        let own_count = round.me().count;
+        let amount = hard_cap(decision.amount, own_count, self.config.max_shed_fraction);
+        let outcome = if amount == 0 {
+            RoundOutcome::Balanced
+        } else if settling > 0 {
+            RoundOutcome::Held {
+                would_shed: amount,
+                reason: HoldReason::Settling {
+                    rounds_left: settling,
+                },
+            }
+        } else if self.config.dry_run {
+            RoundOutcome::Held {
+                would_shed: amount,
+                reason: HoldReason::DryRun,
+            }
+        } else {
+            RoundOutcome::Shed { n: amount }
+        };
+        let members = round
+            .entries()
+            .iter()
+            .map(|e| MemberCount {
+                node: e.node.clone(),
+                count: Some(e.count),
+            })
+            .collect();
+        self.end_round(
+            now,
+            Some(own_count),
+            Some(decision.target),
+            members,
+            outcome,
+        );
+    }
+
+    fn end_round(
+        &mut self,
+        now: Millis,
+        count: Option<u64>,
+        target: Option<f64>,
+        members: Vec<MemberCount>,
+        outcome: RoundOutcome,
+    ) {
+        self.rounds += 1;
+        // A new round replaces whatever the last one planned: "stop" stops.
+        self.plan.cancel();
+        if let RoundOutcome::Shed { n } = outcome {
+            let window = self
+                .config
+                .round_duration
+                .mul_f64(self.config.pacing_window);
+            self.plan = ShedPlan::new(
+                now,
+                n,
+                window,
+                self.config.pacing_max_batches,
+                &mut self.rng,
+            );
+        }
+        self.events.push_back(Event::Round(RoundEvent {
+            round: self.rounds,
+            at: now,
+            count,
+            target,
+            members,
+            accepting: self.accepting,
+            outcome,
+        }));
+        self.shed_due(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rand_chacha::ChaCha8Rng;
+    use rand_core::SeedableRng;
+
+    use super::*;
+    use crate::report::MemberView;
+
+    const ROUND_MS: u64 = 1000;
+
+    fn balancer(config: Config) -> Balancer<ChaCha8Rng> {
+        let config = Config {
+            round_duration: Duration::from_millis(ROUND_MS),
+            ..config
+        };
+        Balancer::new(
+            "me".into(),
+            config,
+            Millis(0),
+            ChaCha8Rng::seed_from_u64(0xC1B),
+        )
+        .unwrap()
+    }
+
+    fn view(others: &[(&str, u64, u64)]) -> ClusterView {
+        ClusterView {
+            members: others
+                .iter()
+                .map(|&(id, count, age_ms)| MemberView {
+                    node: id.into(),
+                    report: Some(Report {
+                        node: id.into(),
+                        count,
+                        tie_breaker: TieBreaker::new(0.5),
+                        weight: 1.0,
+                        address: None,
+                        seq: 1,
+                    }),
+                    age: Duration::from_millis(age_ms),
+                })
+                .collect(),
+        }
+    }
+
+    /// Answers every action at `now` with `count` and `view`; returns the
+    /// actions seen and the round outcomes.
+    fn drive(
+        b: &mut Balancer<ChaCha8Rng>,
+        now: Millis,
+        count: Result<u64, CountFailed>,
+        view: &ClusterView,
+    ) -> (Vec<Action>, Vec<RoundOutcome>) {
+        b.handle_timeout(now);
+        let mut seen = Vec::new();
+        while let Some(a) = b.poll_action() {
+            seen.push(a.clone());
+            match a {
+                Action::ReadCount => b.handle_count(now, count),
+                Action::Publish(_) => {}
+                Action::FetchView => b.handle_view(now, Ok(view.clone())),
+                Action::Shed { n } => b.handle_shed_done(now, Ok(n)),
+            }
+        }
+        let outcomes = std::iter::from_fn(|| b.poll_event())
+            .filter_map(|e| match e {
+                Event::Round(r) => Some(r.outcome),
+                _ => None,
+            })
+            .collect();
+        (seen, outcomes)
+    }
+
+    #[test]
+    fn publishes_four_times_a_round_and_decides_once() {
+        let mut b = balancer(Config::classic());
+        let v = view(&[("b", 0, 0)]);
+        let mut publishes = 0;
+        let mut rounds = 0;
+        let mut now = Millis(0);
+        while now.0 <= 2 * ROUND_MS {
+            let (actions, outcomes) = drive(&mut b, now, Ok(100), &v);
+            publishes += actions
+                .iter()
+                .filter(|a| matches!(a, Action::Publish(_)))
+                .count();
+            rounds += outcomes.len();
+            now = b.poll_timeout().unwrap();
+        }
+        assert_eq!(publishes, 9, "t = 0, 250, ..., 2000");
+        assert_eq!(rounds, 2, "t = 1000 and 2000");
+    }
+
+    #[test]
+    fn round_uses_a_count_read_at_or_after_the_tick() {
+        let mut b = balancer(Config::classic());
+        // A publish read asked at 750 is still outstanding at the round tick.
+        b.handle_timeout(Millis(0));
+        while b.poll_action().is_some() {}
+        b.handle_count(Millis(0), Ok(1));
+        while b.poll_action().is_some() {}
+        b.handle_timeout(Millis(750));
+        assert_eq!(b.poll_action(), Some(Action::ReadCount));
+        b.handle_timeout(Millis(1000));
+        assert_eq!(b.poll_action(), None, "one read outstanding at a time");
+        b.handle_count(Millis(1001), Ok(5));
+        assert!(matches!(b.poll_action(), Some(Action::Publish(r)) if r.count == 5));
+        assert_eq!(
+            b.poll_action(),
+            Some(Action::ReadCount),
+            "read again for the round"
+        );
+        b.handle_count(Millis(1002), Ok(100));
+        assert!(matches!(b.poll_action(), Some(Action::Publish(r)) if r.count == 100));
+        assert_eq!(b.poll_action(), Some(Action::FetchView));
+        b.handle_view(Millis(1003), Ok(view(&[("b", 0, 0)])));
+        assert_eq!(b.poll_action(), Some(Action::Shed { n: 25 }));
+    }
+
+    #[test]
+    fn seq_grows_with_every_publish() {
+        let mut b = balancer(Config::classic());
+        let mut seqs = Vec::new();
+        let mut now = Millis(0);
+        for _ in 0..5 {
+            let (actions, _) = drive(&mut b, now, Ok(1), &view(&[]));
+            seqs.extend(actions.iter().filter_map(|a| match a {
+                Action::Publish(r) => Some(r.seq),
+                _ => None,
+            }));
+            now = b.poll_timeout().unwrap();
+        }
+        assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn count_failure_discards_the_round_and_keeps_going() {
+        let mut b = balancer(Config::classic());
+        let v = view(&[("b", 0, 0)]);
+        drive(&mut b, Millis(0), Ok(100), &v);
+        let (_, outcomes) = drive(&mut b, Millis(1000), Err(CountFailed), &v);
+        assert_eq!(
+            outcomes,
+            [RoundOutcome::Discarded {
+                reason: DiscardReason::CountFailed
+            }]
+        );
+        let (_, outcomes) = drive(&mut b, Millis(2000), Ok(100), &v);
+        assert_eq!(outcomes, [RoundOutcome::Shed { n: 25 }]);
+    }
+
+    #[test]
+    fn stale_member_discards_and_nothing_is_shed() {
+        let mut b = balancer(Config::classic());
+        let (actions, outcomes) = drive(&mut b, Millis(1000), Ok(100), &view(&[("b", 0, 1001)]));
+        assert!(matches!(
+            outcomes.as_slice(),
+            [RoundOutcome::Discarded {
+                reason: DiscardReason::StaleReport { .. }
+            }]
+        ));
+        assert!(!actions.iter().any(|a| matches!(a, Action::Shed { .. })));
+    }
+
+    #[test]
+    fn backend_failure_discards() {
+        let mut b = balancer(Config::classic());
+        b.handle_timeout(Millis(1000));
+        assert_eq!(b.poll_action(), Some(Action::ReadCount));
+        b.handle_count(Millis(1000), Ok(100));
+        assert!(matches!(b.poll_action(), Some(Action::Publish(_))));
+        assert_eq!(b.poll_action(), Some(Action::FetchView));
+        b.handle_view(Millis(1000), Err(ViewFailed));
+        assert_eq!(b.poll_action(), None);
+        assert!(matches!(
+            b.poll_event(),
+            Some(Event::Round(RoundEvent {
+                outcome: RoundOutcome::Discarded {
+                    reason: DiscardReason::BackendFailed
+                },
+                ..
+            }))
+        ));
+    }
+
+    #[test]
+    fn settle_holds_after_a_membership_change() {
+        let mut b = balancer(Config {
+            settle_rounds: 2,
+            pacing_window: 0.0,
+            ..Config::classic()
+        });
+        let two = view(&[("b", 0, 0)]);
+        let three = view(&[("b", 0, 0), ("c", 0, 0)]);
+        let outcome = |b: &mut Balancer<_>, t: u64, v: &ClusterView| {
+            drive(b, Millis(t), Ok(100), v).1.remove(0)
+        };
+        assert!(matches!(
+            outcome(&mut b, 1000, &two),
+            RoundOutcome::Held {
+                reason: HoldReason::Settling { rounds_left: 2 },
+                ..
+            }
+        ));
+        assert!(matches!(
+            outcome(&mut b, 2000, &two),
+            RoundOutcome::Held {
+                reason: HoldReason::Settling { rounds_left: 1 },
+                ..
+            }
+        ));
+        assert_eq!(outcome(&mut b, 3000, &two), RoundOutcome::Shed { n: 25 });
+        assert!(matches!(
+            outcome(&mut b, 4000, &three),
+            RoundOutcome::Held { .. }
+        ));
+    }
+
+    #[test]
+    fn dry_run_decides_but_sheds_nothing() {
+        let mut b = balancer(Config {
+            dry_run: true,
+            ..Config::classic()
+        });
+        let (actions, outcomes) = drive(&mut b, Millis(1000), Ok(100), &view(&[("b", 0, 0)]));
+        assert_eq!(
+            outcomes,
+            [RoundOutcome::Held {
+                would_shed: 25,
+                reason: HoldReason::DryRun
+            }]
+        );
+        assert!(!actions.iter().any(|a| matches!(a, Action::Shed { .. })));
+    }
+
+    #[test]
+    fn hard_cap_limits_the_round() {
+        let mut b = balancer(Config {
+            max_shed_fraction: Some(0.1),
+            ..Config::classic()
+        });
+        let (_, outcomes) = drive(&mut b, Millis(1000), Ok(100), &view(&[("b", 0, 0)]));
+        assert_eq!(outcomes, [RoundOutcome::Shed { n: 10 }]);
+    }
+
+    #[test]
+    fn paced_shed_comes_in_batches_within_the_window_and_a_new_round_cancels_the_rest() {
+        let mut b = balancer(Config {
+            pacing_window: 0.5,
+            pacing_max_batches: 5,
+            max_shed_count: None,
+            ..Config::classic()
+        });
+        let v = view(&[("b", 0, 0)]);
+        drive(&mut b, Millis(1000), Ok(1000), &v);
+        let mut batches = Vec::new();
+        let mut now = b.poll_timeout().unwrap();
+        while now.0 < 1500 {
+            let (actions, _) = drive(&mut b, now, Ok(1000), &v);
+            batches.extend(actions.iter().filter_map(|a| match a {
+                Action::Shed { n } => Some((now.0, *n)),
+                _ => None,
+            }));
+            now = b.poll_timeout().unwrap();
+        }
+        // 250 decided (50% of 500), in 5 batches of 50 over [1000, 1500).
+        assert_eq!(batches.iter().map(|b| b.1).sum::<u64>(), 250, "{batches:?}");
+        assert!(batches.len() >= 4, "{batches:?}");
+        assert!(batches.iter().all(|&(t, _)| (1000..1500).contains(&t)));
+
+        // A slow resource: the first batch is still outstanding when the next
+        // round says "balanced", which drops whatever is left of the plan.
+        let mut b = balancer(Config {
+            pacing_window: 0.9,
+            max_shed_count: None,
+            ..Config::classic()
+        });
+        drive(&mut b, Millis(1000), Ok(1000), &v);
+        let t = b.poll_timeout().unwrap();
+        b.handle_timeout(t);
+        let first = loop {
+            match b.poll_action() {
+                Some(Action::Shed { n }) => break n,
+                Some(Action::ReadCount) => b.handle_count(t, Ok(1000)),
+                Some(_) => {}
+                None => panic!("expected a batch"),
+            }
+        };
+        assert_eq!(b.planned(), 250);
+        b.handle_timeout(Millis(2000));
+        assert_eq!(b.poll_action(), Some(Action::ReadCount));
+        b.handle_count(Millis(2000), Ok(0));
+        assert!(matches!(b.poll_action(), Some(Action::Publish(_))));
+        assert_eq!(b.poll_action(), Some(Action::FetchView));
+        b.handle_view(Millis(2000), Ok(v.clone()));
+        assert_eq!(b.planned(), first, "only the outstanding batch is left");
+        b.handle_shed_done(Millis(2001), Ok(first));
+        b.handle_timeout(Millis(2500));
+        assert!(std::iter::from_fn(|| b.poll_action()).all(|a| !matches!(a, Action::Shed { .. })));
+        assert_eq!(b.planned(), 0);
+    }
+
+    #[test]
+    fn failed_shed_cancels_the_rest_of_the_plan() {
+        let mut b = balancer(Config {
+            pacing_window: 0.5,
+            max_shed_count: None,
+            ..Config::classic()
+        });
+        drive(&mut b, Millis(1000), Ok(1000), &view(&[("b", 0, 0)]));
+        let t = b.poll_timeout().unwrap();
+        b.handle_timeout(t);
+        let Some(Action::Shed { n }) = b.poll_action() else {
+            panic!("expected a batch");
+        };
+        b.handle_shed_done(t, Err(ShedFailed));
+        let failed =
+            std::iter::from_fn(|| b.poll_event()).find(|e| matches!(e, Event::ShedFailed { .. }));
+        assert_eq!(
+            failed,
+            Some(Event::ShedFailed {
+                requested: n,
+                cancelled: 250 - n
+            })
+        );
+        assert_eq!(b.planned(), 0);
+    }
+}

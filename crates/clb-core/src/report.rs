@@ -1,0 +1,144 @@
+//! What nodes tell each other: one [`Report`] per node and namespace, and the
+//! [`ClusterView`] a backend assembles from them.
+
+use std::fmt;
+use std::time::Duration;
+
+use rand_core::Rng;
+use serde::{Deserialize, Serialize};
+
+/// Identifies a node. Unique in the cluster and stable across restarts of the
+/// same node (a restarted node is the same member with a fresh report).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct NodeId(String);
+
+impl NodeId {
+    /// Wraps a name. Validation (non-empty, printable) happens where a name
+    /// enters from outside: see [`crate::validate_node_id`].
+    pub fn new(id: impl Into<String>) -> Self {
+        NodeId(id.into())
+    }
+
+    /// The name as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for NodeId {
+    fn from(s: &str) -> Self {
+        NodeId(s.to_owned())
+    }
+}
+
+impl From<String> for NodeId {
+    fn from(s: String) -> Self {
+        NodeId(s)
+    }
+}
+
+/// A random number in `[0, 1)` drawn once per balancer life; breaks ties
+/// between equally loaded nodes (SPEC §3, the original's rule).
+#[derive(Clone, Copy, Debug, PartialEq, PartialOrd, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TieBreaker(f64);
+
+impl TieBreaker {
+    /// A tie breaker with a given value; values outside `[0, 1)` are clamped.
+    pub fn new(value: f64) -> Self {
+        if value.is_nan() {
+            return TieBreaker(0.0);
+        }
+        TieBreaker(value.clamp(0.0, 1.0 - f64::EPSILON))
+    }
+
+    /// Draws a fresh tie breaker from `rng`.
+    pub fn random(rng: &mut impl Rng) -> Self {
+        TieBreaker(unit_f64(rng))
+    }
+
+    /// The value, in `[0, 1)`.
+    pub fn value(self) -> f64 {
+        self.0
+    }
+}
+
+/// A uniform `f64` in `[0, 1)` with 53 bits of precision.
+pub(crate) fn unit_f64(rng: &mut impl Rng) -> f64 {
+    (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+}
+
+/// Upper bound on a report's weight: a weight is a relative capacity, and a
+/// huge one is more likely a bug than a machine a million times bigger.
+pub const MAX_WEIGHT: f64 = 1_000_000.0;
+
+/// One node's published state for one namespace (SPEC §3).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Who publishes it.
+    pub node: NodeId,
+    /// How many resources the node holds.
+    pub count: u64,
+    /// Drawn once per balancer life.
+    pub tie_breaker: TieBreaker,
+    /// Relative capacity; targets are proportional to it. Default 1.
+    pub weight: f64,
+    /// Where this node's clients connect (`host:port` or a URL), for steered
+    /// reconnects. `None` when the node does not advertise one.
+    pub address: Option<String>,
+    /// Grows with every publish; freshness is judged by when it last changed.
+    pub seq: u64,
+}
+
+impl Report {
+    /// Whether the values are usable in a decision. Codecs reject reports
+    /// that fail this, so a bad peer cannot poison a round.
+    pub fn is_valid(&self) -> bool {
+        self.weight.is_finite() && self.weight > 0.0 && self.weight <= MAX_WEIGHT
+    }
+}
+
+/// One live member of a namespace as a backend sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MemberView {
+    /// The member.
+    pub node: NodeId,
+    /// Its latest valid report, if any has arrived.
+    pub report: Option<Report>,
+    /// How long ago, when the view was taken, the report's `seq` last changed,
+    /// measured on one clock (this node's, or the Redis server's). Never the
+    /// difference of two machines' clocks.
+    pub age: Duration,
+}
+
+/// The live members of one namespace and their latest reports, as delivered
+/// by a backend. Order carries no meaning.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterView {
+    /// Every live member, this node included or not (the core adds itself).
+    pub members: Vec<MemberView>,
+}
+
+impl ClusterView {
+    /// A view where every report is brand new (age zero): handy in tests and
+    /// the simulator, where delivery is instant.
+    pub fn from_reports(reports: impl IntoIterator<Item = Report>) -> Self {
+        ClusterView {
+            members: reports
+                .into_iter()
+                .map(|r| MemberView {
+                    node: r.node.clone(),
+                    report: Some(r),
+                    age: Duration::ZERO,
+                })
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! The in-process backend: several balancers in one process share one
+//! [`MemoryCluster`]. The reference implementation of [`ClusterBackend`], used
+//! by tests and examples.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use clb_core::{ClusterView, MemberView, NodeId, Report};
+use tokio::time::Instant;
+
+use super::{BackendError, ClusterBackend};
+
+/// Default time after a member's last publish before it is considered dead.
+pub const DEFAULT_FAILURE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An in-memory cluster. Clones share the same state; give each balancer a
+/// clone.
+///
+/// Failure detection is by silence: a member that has not published for
+/// `failure_timeout` is no longer live. Uses tokio's clock, so tests can
+/// pause time.
+#[derive(Clone, Debug)]
+pub struct MemoryCluster {
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    failure_timeout: Duration,
+    namespaces: HashMap<String, HashMap<NodeId, Slot>>,
+    isolated: HashSet<NodeId>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    report: Report,
+    changed_at: Instant,
+    heard_at: Instant,
+}
+
+impl Default for MemoryCluster {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryCluster {
+    /// An empty cluster with the default failure timeout (5 s).
+    pub fn new() -> Self {
+        Self::with_failure_timeout(DEFAULT_FAILURE_TIMEOUT)
+    }
+
+    /// An empty cluster where silence for `failure_timeout` means dead.
+    pub fn with_failure_timeout(failure_timeout: Duration) -> Self {
+        MemoryCluster {
+            inner: Arc::new(Mutex::new(Inner {
+                failure_timeout,
+                namespaces: HashMap::new(),
+                isolated: HashSet::new(),
+            })),
+        }
+    }
+
+    /// Fault injection: from now on, `node`'s publishes are lost, as if it had
+    /// crashed or been cut off. Others see its report go stale, then the
+    /// member disappear after the failure timeout.
+    pub fn isolate(&self, node: &NodeId) {
+        self.lock().isolated.insert(node.clone());
+    }
+
+    /// Undoes [`isolate`](Self::isolate).
+    pub fn heal(&self, node: &NodeId) {
+        self.lock().isolated.remove(node);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // The state stays consistent under a panic (every update is a single
+        // insert or remove), so a poisoned lock is safe to reuse.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl ClusterBackend for MemoryCluster {
+    async fn publish(&self, namespace: &str, report: &Report) -> Result<(), BackendError> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        if inner.isolated.contains(&report.node) {
+            return Ok(());
+        }
+        if !report.is_valid() {
+            metrics::counter!("clb_rejected_messages_total", "reason" => "invalid").increment(1);
+            return Ok(());
+        }
+        let members = inner.namespaces.entry(namespace.to_owned()).or_default();
+        match members.get_mut(&report.node) {
+            Some(slot) => {
+                if slot.report.seq != report.seq {
+                    slot.changed_at = now;
+                }
+                slot.heard_at = now;
+                slot.report = report.clone();
+            }
+            None => {
+                members.insert(
+                    report.node.clone(),
+                    Slot {
+                        report: report.clone(),
+                        changed_at: now,
+                        heard_at: now,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn view(&self, namespace: &str) -> Result<ClusterView, BackendError> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let timeout = inner.failure_timeout;
+        let Some(members) = inner.namespaces.get_mut(namespace) else {
+            return Ok(ClusterView::default());
+        };
+        members.retain(|_, slot| now.duration_since(slot.heard_at) <= timeout);
+        Ok(ClusterView {
+            members: members
+                .values()
+                .map(|slot| MemberView {
+                    node: slot.report.node.clone(),
+                    report: Some(slot.report.clone()),
+                    age: now.duration_since(slot.changed_at),
+                })
+                .collect(),
+        })
+    }
+
+    async fn leave(&self, namespace: &str, node: &NodeId) -> Result<(), BackendError> {
+        if let Some(members) = self.lock().namespaces.get_mut(namespace) {
+            members.remove(node);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,58 @@
+//! Prometheus metric names (SPEC §7) and how events feed them.
+//!
+//! Recorded through the `metrics` facade: nothing is exported unless the
+//! application installs a recorder (`clb node` installs the Prometheus one).
+
+use std::time::Duration;
+
+use clb_core::{Event, RoundOutcome};
+
+/// Counter: rounds ended, by `outcome` (`balanced`, `shed`, `held`, `discarded`).
+pub const ROUNDS: &str = "clb_rounds_total";
+/// Counter: discarded rounds, by `reason`.
+pub const DISCARDED: &str = "clb_discarded_rounds_total";
+/// Counter: resources actually shed (as reported by the resource).
+pub const SHED: &str = "clb_shed_total";
+/// Gauge: this node's resource count at the last round.
+pub const RESOURCE_COUNT: &str = "clb_resource_count";
+/// Gauge: live members of the namespace in the last round.
+pub const CLUSTER_MEMBERS: &str = "clb_cluster_members";
+/// Histogram: time from a round's count read to its decision, in seconds.
+pub const ROUND_DURATION: &str = "clb_round_duration_seconds";
+/// Counter: network messages dropped by a backend, by `reason`.
+pub const REJECTED_MESSAGES: &str = "clb_rejected_messages_total";
+/// Counter: failed, panicked or timed-out resource calls, by `call`.
+pub const RESOURCE_FAILURES: &str = "clb_resource_failures_total";
+/// Gauge: 1 while this node accepts new resources, 0 while it refuses.
+pub const ACCEPTING: &str = "clb_accepting";
+
+pub(crate) fn event(namespace: &str, event: &Event, round_latency: Duration) {
+    let ns = namespace.to_owned();
+    match event {
+        Event::Round(round) => {
+            metrics::counter!(ROUNDS, "namespace" => ns.clone(), "outcome" => round.outcome.label()).increment(1);
+            if let RoundOutcome::Discarded { reason } = &round.outcome {
+                metrics::counter!(DISCARDED, "namespace" => ns.clone(), "reason" => reason.label())
+                    .increment(1);
+            }
+            if let Some(count) = round.count {
+                metrics::gauge!(RESOURCE_COUNT, "namespace" => ns.clone()).set(count as f64);
+            }
+            if !round.members.is_empty() {
+                metrics::gauge!(CLUSTER_MEMBERS, "namespace" => ns.clone())
+                    .set(round.members.len() as f64);
+            }
+            metrics::gauge!(ACCEPTING, "namespace" => ns.clone())
+                .set(f64::from(u8::from(round.accepting)));
+            metrics::histogram!(ROUND_DURATION, "namespace" => ns)
+                .record(round_latency.as_secs_f64());
+        }
+        Event::ShedDone { shed, .. } => {
+            metrics::counter!(SHED, "namespace" => ns).increment(*shed);
+        }
+        Event::ShedFailed { .. } => {}
+        // A new event kind is not a metric until someone decides it is.
+        #[allow(unreachable_patterns)]
+        _ => {}
+    }
+}
