@@ -240,7 +240,7 @@ impl<R: Rng> Balancer<R> {
     }
 
     /// The answer to [`Action::FetchView`]: decides the round.
-    pub fn handle_view(&mut self, now: Millis, view: Result<ClusterView, ViewFailed>) {
+    pub fn handle_view(&mut self, now: Millis, view: Result<&ClusterView, ViewFailed>) {
         if !self.view_outstanding {
             return;
         }
@@ -258,8 +258,8 @@ impl<R: Rng> Balancer<R> {
                 return;
             }
         };
-        match collect(&own, &view, self.config.round_duration) {
-            Ok(round) => self.decide(now, &round),
+        match collect(&own, view, self.config.round_duration) {
+            Ok(round) => self.decide(now, round),
             Err(reason) => {
                 let mut members: Vec<MemberCount> = view
                     .members
@@ -336,10 +336,10 @@ impl<R: Rng> Balancer<R> {
         }
     }
 
-    fn decide(&mut self, now: Millis, round: &Round) {
-        let ids: Vec<NodeId> = round.entries().iter().map(|e| e.node.clone()).collect();
-        let settling = self.settle.observe(&ids, self.config.settle_rounds);
-        let decision = strategy::decide(round, &self.config);
+    fn decide(&mut self, now: Millis, round: Round) {
+        let members = round.entries().iter().map(|e| &e.node);
+        let settling = self.settle.observe(members, self.config.settle_rounds);
+        let decision = strategy::decide(&round, &self.config);
         let own_count = round.me().count;
         let amount = hard_cap(decision.amount, own_count, self.config.max_shed_fraction);
         let outcome = if amount == 0 {
@@ -360,10 +360,10 @@ impl<R: Rng> Balancer<R> {
             RoundOutcome::Shed { n: amount }
         };
         let members = round
-            .entries()
-            .iter()
+            .into_entries()
+            .into_iter()
             .map(|e| MemberCount {
-                node: e.node.clone(),
+                node: e.node,
                 count: Some(e.count),
             })
             .collect();
@@ -474,7 +474,7 @@ mod tests {
             match a {
                 Action::ReadCount => b.handle_count(now, count),
                 Action::Publish(_) => {}
-                Action::FetchView => b.handle_view(now, Ok(view.clone())),
+                Action::FetchView => b.handle_view(now, Ok(view)),
                 Action::Shed { n } => b.handle_shed_done(now, Ok(n)),
             }
         }
@@ -529,7 +529,7 @@ mod tests {
         b.handle_count(Millis(1002), Ok(100));
         assert!(matches!(b.poll_action(), Some(Action::Publish(r)) if r.count == 100));
         assert_eq!(b.poll_action(), Some(Action::FetchView));
-        b.handle_view(Millis(1003), Ok(view(&[("b", 0, 0)])));
+        b.handle_view(Millis(1003), Ok(&view(&[("b", 0, 0)])));
         assert_eq!(b.poll_action(), Some(Action::Shed { n: 25 }));
     }
 
@@ -708,7 +708,7 @@ mod tests {
         b.handle_count(Millis(2000), Ok(0));
         assert!(matches!(b.poll_action(), Some(Action::Publish(_))));
         assert_eq!(b.poll_action(), Some(Action::FetchView));
-        b.handle_view(Millis(2000), Ok(v.clone()));
+        b.handle_view(Millis(2000), Ok(&v));
         assert_eq!(b.planned(), first, "only the outstanding batch is left");
         b.handle_shed_done(Millis(2001), Ok(first));
         b.handle_timeout(Millis(2500));

@@ -2,6 +2,7 @@
 //! [`ClusterView`] a backend assembles from them.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand_core::Rng;
@@ -9,15 +10,46 @@ use serde::{Deserialize, Serialize};
 
 /// Identifies a node. Unique in the cluster and stable across restarts of the
 /// same node (a restarted node is the same member with a fresh report).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// Cheap to clone and, for clones of one id, cheap to compare: every round
+/// copies and compares every member's id.
+#[derive(Clone, Debug, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct NodeId(String);
+pub struct NodeId(Arc<str>);
+
+// Hashes the text, consistent with `eq` (pointer equality implies equal text).
+impl std::hash::Hash for NodeId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl PartialEq for NodeId {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+
+impl Ord for NodeId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        if Arc::ptr_eq(&self.0, &other.0) {
+            std::cmp::Ordering::Equal
+        } else {
+            self.0.cmp(&other.0)
+        }
+    }
+}
+
+impl PartialOrd for NodeId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl NodeId {
     /// Wraps a name. Validation (non-empty, printable) happens where a name
     /// enters from outside: see [`crate::validate_node_id`].
     pub fn new(id: impl Into<String>) -> Self {
-        NodeId(id.into())
+        NodeId(Arc::from(id.into()))
     }
 
     /// The name as a string slice.
@@ -34,13 +66,13 @@ impl fmt::Display for NodeId {
 
 impl From<&str> for NodeId {
     fn from(s: &str) -> Self {
-        NodeId(s.to_owned())
+        NodeId(Arc::from(s))
     }
 }
 
 impl From<String> for NodeId {
     fn from(s: String) -> Self {
-        NodeId(s)
+        NodeId(Arc::from(s))
     }
 }
 

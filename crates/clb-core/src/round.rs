@@ -58,14 +58,26 @@ pub struct Round {
 
 impl Round {
     /// A round from this node's entry and the others'. An entry of another
-    /// node with this node's id is ignored (this node's own count wins).
+    /// node with this node's id is ignored (this node's own count wins); of
+    /// duplicate ids, one is kept.
     pub fn new(me: Entry, others: impl IntoIterator<Item = Entry>) -> Self {
-        let my_id = me.node.clone();
-        let mut entries: Vec<Entry> = others.into_iter().filter(|e| e.node != my_id).collect();
-        entries.push(me);
-        entries.sort_by(|a, b| a.node.cmp(&b.node));
-        entries.dedup_by(|a, b| a.node == b.node);
-        let me = entries.iter().position(|e| e.node == my_id).unwrap_or(0);
+        let mut entries: Vec<Entry> = others.into_iter().collect();
+        // Backends usually deliver sorted, unique ids: check in one pass and
+        // only sort when needed (this runs for every member every round).
+        if !entries.is_sorted_by(|a, b| a.node < b.node) {
+            entries.sort_by(|a, b| a.node.cmp(&b.node));
+            entries.dedup_by(|a, b| a.node == b.node);
+        }
+        let me = match entries.binary_search_by(|e| e.node.cmp(&me.node)) {
+            Ok(i) => {
+                entries[i] = me;
+                i
+            }
+            Err(i) => {
+                entries.insert(i, me);
+                i
+            }
+        };
         Round { entries, me }
     }
 
@@ -100,6 +112,11 @@ impl Round {
     /// Every entry, this node's included, sorted by node id.
     pub fn entries(&self) -> &[Entry] {
         &self.entries
+    }
+
+    /// Takes the entries out, sorted by node id.
+    pub fn into_entries(self) -> Vec<Entry> {
+        self.entries
     }
 
     /// Every entry but this node's.

@@ -33,9 +33,17 @@ impl Settle {
     /// The round that first sees a change counts as the first held round; a
     /// balancer's very first complete round counts as a change (it has just
     /// joined).
-    pub fn observe(&mut self, members: &[NodeId], settle_rounds: u32) -> u32 {
-        if self.last_members.as_deref() != Some(members) {
-            self.last_members = Some(members.to_vec());
+    pub fn observe<'a>(
+        &mut self,
+        members: impl ExactSizeIterator<Item = &'a NodeId> + Clone,
+        settle_rounds: u32,
+    ) -> u32 {
+        let unchanged = self
+            .last_members
+            .as_ref()
+            .is_some_and(|last| last.len() == members.len() && last.iter().eq(members.clone()));
+        if !unchanged {
+            self.last_members = Some(members.cloned().collect());
             self.remaining = settle_rounds;
         }
         let before = self.remaining;
@@ -151,16 +159,16 @@ mod tests {
         let ab: Vec<NodeId> = vec!["a".into(), "b".into()];
         let abc: Vec<NodeId> = vec!["a".into(), "b".into(), "c".into()];
         let mut s = Settle::default();
-        assert!(s.observe(&ab, 2) > 0, "first round is a join");
-        assert!(s.observe(&ab, 2) > 0);
-        assert_eq!(s.observe(&ab, 2), 0);
-        assert!(s.observe(&abc, 2) > 0, "a join");
-        assert!(s.observe(&abc, 2) > 0);
-        assert_eq!(s.observe(&abc, 2), 0);
-        assert!(s.observe(&ab, 2) > 0, "a leave");
+        assert!(s.observe(ab.iter(), 2) > 0, "first round is a join");
+        assert!(s.observe(ab.iter(), 2) > 0);
+        assert_eq!(s.observe(ab.iter(), 2), 0);
+        assert!(s.observe(abc.iter(), 2) > 0, "a join");
+        assert!(s.observe(abc.iter(), 2) > 0);
+        assert_eq!(s.observe(abc.iter(), 2), 0);
+        assert!(s.observe(ab.iter(), 2) > 0, "a leave");
         let mut off = Settle::default();
-        assert_eq!(off.observe(&ab, 0), 0);
-        assert_eq!(off.observe(&abc, 0), 0);
+        assert_eq!(off.observe(ab.iter(), 0), 0);
+        assert_eq!(off.observe(abc.iter(), 0), 0);
     }
 
     #[test]

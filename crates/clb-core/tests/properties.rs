@@ -114,7 +114,7 @@ proptest! {
             match action {
                 Action::ReadCount => b.handle_count(t, Ok(own)),
                 Action::Publish(_) => {}
-                Action::FetchView => b.handle_view(t, Ok(view.clone())),
+                Action::FetchView => b.handle_view(t, Ok(&view)),
                 Action::Shed { n } => { shed_total += n; b.handle_shed_done(t, Ok(n)); }
             }
         }

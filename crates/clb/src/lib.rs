@@ -52,3 +52,8 @@ pub use clb_core::{
     Report, RoundEvent, RoundOutcome, Strategy,
 };
 pub use resource::{Resource, ResourceError, ShedRequest};
+
+/// Compiles (and runs, where not `no_run`) every Rust block of the README.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

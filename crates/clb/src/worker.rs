@@ -89,7 +89,7 @@ impl<R: Resource, B: ClusterBackend> Worker<R, B> {
                             }
                         };
                         let now = self.now();
-                        self.core.handle_view(now, view);
+                        self.core.handle_view(now, view.as_ref().map_err(|&e| e));
                     }
                     Action::Shed { n } => {
                         debug_assert!(shed_task.is_none(), "core asked for a second shed");

@@ -1,0 +1,339 @@
+//! The event loop: real cores, one virtual clock, a shared report table as
+//! the backend, and the LB model moving shed clients.
+
+use std::collections::BTreeMap;
+
+use clb_core::{Action, Balancer, ClusterView, MemberView, Millis, NodeId, Report, TieBreaker};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::lb::LbState;
+use crate::scenario::{Setup, Step};
+use crate::{RoundRecord, SimError, SimReport, SimSpec, metrics};
+
+/// A guard against a core that keeps asking for work at one instant.
+const MAX_STEPS_PER_INSTANT: usize = 100_000;
+
+struct Node {
+    id: NodeId,
+    core: Option<Balancer<ChaCha8Rng>>,
+    count: u64,
+}
+
+pub(crate) struct Engine<'a> {
+    spec: &'a SimSpec,
+    setup: Setup,
+    rng: ChaCha8Rng,
+    lb: LbState,
+    nodes: Vec<Node>,
+    /// The "backend": latest report per node, and when its seq last changed.
+    reports: BTreeMap<NodeId, (Report, Millis)>,
+    shed_acc: Vec<u64>,
+    refusals: u64,
+    lost: u64,
+}
+
+impl<'a> Engine<'a> {
+    pub(crate) fn new(spec: &'a SimSpec, setup: Setup) -> Self {
+        let nodes = setup
+            .counts
+            .iter()
+            .enumerate()
+            .map(|(i, &count)| Node {
+                id: NodeId::new(format!("node-{i:05}")),
+                core: None,
+                count,
+            })
+            .collect::<Vec<_>>();
+        let n = nodes.len();
+        Engine {
+            spec,
+            setup,
+            rng: ChaCha8Rng::seed_from_u64(spec.seed),
+            lb: LbState::default(),
+            nodes,
+            reports: BTreeMap::new(),
+            shed_acc: vec![0; n],
+            refusals: 0,
+            lost: 0,
+        }
+    }
+
+    pub(crate) fn run(mut self, mut progress: impl FnMut(u32, u32)) -> Result<SimReport, SimError> {
+        let round_ms =
+            u64::try_from(self.spec.config.round_duration.as_millis()).unwrap_or(u64::MAX);
+        let clients: u64 = self.nodes.iter().map(|n| n.count).sum();
+        for i in 0..self.nodes.len() {
+            self.start_node(i, Millis(0))?;
+        }
+
+        let warmup = std::mem::take(&mut self.setup.warmup);
+        let first = std::mem::take(&mut self.setup.first_round);
+        let warmup_rounds = u32::try_from(warmup.len()).unwrap_or(u32::MAX);
+        let total = warmup_rounds.saturating_add(self.spec.rounds);
+
+        let mut records: Vec<RoundRecord> = Vec::with_capacity(self.spec.rounds as usize);
+        let mut warmup_shed = 0;
+        let mut pending: Option<RoundRecord> = None;
+        for k in 1..=total {
+            let t = Millis(u64::from(k) * round_ms);
+            self.run_before(t);
+            let shed = std::mem::replace(&mut self.shed_acc, vec![0; self.nodes.len()]);
+            match pending.take() {
+                Some(mut rec) => {
+                    rec.shed = shed;
+                    records.push(rec);
+                }
+                None => warmup_shed += shed.iter().sum::<u64>(),
+            }
+            let balancing = k > warmup_rounds;
+            let steps = if balancing {
+                if k == warmup_rounds + 1 {
+                    first.clone()
+                } else {
+                    Vec::new()
+                }
+            } else {
+                warmup[(k - 1) as usize].clone()
+            };
+            for step in steps {
+                self.apply(step, t)?;
+            }
+            if balancing {
+                pending = Some(RoundRecord {
+                    round: k - warmup_rounds,
+                    counts: self.counts(),
+                    shed: Vec::new(),
+                });
+            }
+            self.run_instant(t);
+            progress(k, total);
+        }
+        self.run_before(Millis(u64::from(total + 1) * round_ms));
+        if let Some(mut rec) = pending.take() {
+            rec.shed = std::mem::take(&mut self.shed_acc);
+            records.push(rec);
+        }
+        let final_counts = self.counts();
+        let start = records
+            .first()
+            .map(|r| r.counts.clone())
+            .unwrap_or_default();
+        Ok(SimReport {
+            strategy: self.spec.config.strategy.as_str(),
+            lb: self.spec.lb.as_str(),
+            seed: self.spec.seed,
+            nodes: self.nodes.len(),
+            clients,
+            converged_round: metrics::converged_round(&records, &final_counts, |c| {
+                metrics::within_classic(c, self.spec.config.allowed_average_deviation_percent)
+            }),
+            within_10_round: metrics::converged_round(&records, &final_counts, |c| {
+                metrics::within_band(c, 10.0, 0)
+            }),
+            within_5_round: metrics::converged_round(&records, &final_counts, |c| {
+                metrics::within_band(c, 5.0, self.spec.config.abs_tolerance)
+            }),
+            total_shed: records.iter().flat_map(|r| &r.shed).sum(),
+            ideal_shed: metrics::ideal_shed(&start),
+            churn_ratio: None,
+            peak_round_shed: records
+                .iter()
+                .map(|r| r.shed.iter().sum())
+                .max()
+                .unwrap_or(0),
+            peak_node_shed_fraction: metrics::peak_node_shed_fraction(&records),
+            refusals: self.refusals,
+            scenario: self.spec.scenario.name(),
+            final_counts,
+            warmup_rounds,
+            warmup_shed,
+            lost_clients: self.lost,
+            rounds: records,
+        }
+        .with_churn())
+    }
+
+    fn counts(&self) -> Vec<u64> {
+        self.nodes.iter().map(|n| n.count).collect()
+    }
+
+    fn start_node(&mut self, i: usize, now: Millis) -> Result<(), SimError> {
+        let rng = ChaCha8Rng::seed_from_u64(self.rng.next_u64());
+        let mut core = Balancer::new(self.nodes[i].id.clone(), self.spec.config.clone(), now, rng)?;
+        if let Some(tbs) = &self.setup.tie_breakers {
+            core.set_tie_breaker(TieBreaker::new(tbs[i]));
+        }
+        self.nodes[i].core = Some(core);
+        Ok(())
+    }
+
+    fn apply(&mut self, step: Step, now: Millis) -> Result<(), SimError> {
+        match step {
+            Step::Down(i) => {
+                // A graceful stop: it leaves the backend at once.
+                self.nodes[i].core = None;
+                self.reports.remove(&self.nodes[i].id);
+                let n = std::mem::take(&mut self.nodes[i].count);
+                self.reconnect(n);
+            }
+            Step::Up(i) => {
+                self.nodes[i].count = 0;
+                self.start_node(i, now)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Processes every instant strictly before `t`.
+    fn run_before(&mut self, t: Millis) {
+        while let Some(next) = self.next_timeout().filter(|&n| n < t) {
+            self.run_instant(next);
+        }
+    }
+
+    fn next_timeout(&self) -> Option<Millis> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.core.as_ref()?.poll_timeout())
+            .min()
+    }
+
+    /// Everything due at `now`: timers first, then every node's reads and
+    /// publishes, then the views, so all decisions of one instant see the
+    /// same reports.
+    fn run_instant(&mut self, now: Millis) {
+        for _ in 0..MAX_STEPS_PER_INSTANT {
+            let due: Vec<usize> = (0..self.nodes.len())
+                .filter(|&i| {
+                    self.nodes[i]
+                        .core
+                        .as_ref()
+                        .and_then(|c| c.poll_timeout())
+                        .is_some_and(|t| t <= now)
+                })
+                .collect();
+            if due.is_empty() {
+                return;
+            }
+            for &i in &due {
+                if let Some(core) = self.nodes[i].core.as_mut() {
+                    core.handle_timeout(now);
+                }
+            }
+            self.drain(now);
+        }
+    }
+
+    fn drain(&mut self, now: Millis) {
+        loop {
+            let mut views = Vec::new();
+            let mut progressed = false;
+            for i in 0..self.nodes.len() {
+                while let Some(action) = self.nodes[i].core.as_mut().and_then(|c| c.poll_action()) {
+                    progressed = true;
+                    match action {
+                        Action::ReadCount => {
+                            let count = self.nodes[i].count;
+                            if let Some(c) = self.nodes[i].core.as_mut() {
+                                c.handle_count(now, Ok(count));
+                            }
+                        }
+                        Action::Publish(report) => self.publish(report, now),
+                        Action::FetchView => views.push(i),
+                        Action::Shed { n } => {
+                            let shed = self.shed(i, n);
+                            if let Some(c) = self.nodes[i].core.as_mut() {
+                                c.handle_shed_done(now, Ok(shed));
+                            }
+                        }
+                    }
+                }
+                // Events are for live drivers; the simulator reads counts.
+                if let Some(c) = self.nodes[i].core.as_mut() {
+                    while c.poll_event().is_some() {}
+                }
+            }
+            if !views.is_empty() {
+                // No publish happens between these fetches: one view serves all.
+                progressed = true;
+                let view = self.view(now);
+                for i in views {
+                    if let Some(c) = self.nodes[i].core.as_mut() {
+                        c.handle_view(now, Ok(&view));
+                        // Drop the round event at once: holding every node's
+                        // until the next pass costs more than the decision.
+                        while c.poll_event().is_some() {}
+                    }
+                }
+            }
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    fn publish(&mut self, report: Report, now: Millis) {
+        let changed_at = match self.reports.get(&report.node) {
+            Some((old, at)) if old.seq == report.seq => *at,
+            _ => now,
+        };
+        self.reports
+            .insert(report.node.clone(), (report, changed_at));
+    }
+
+    fn view(&self, now: Millis) -> ClusterView {
+        ClusterView {
+            members: self
+                .reports
+                .values()
+                .map(|(r, at)| MemberView {
+                    node: r.node.clone(),
+                    report: Some(r.clone()),
+                    age: now.saturating_since(*at),
+                })
+                .collect(),
+        }
+    }
+
+    /// Node `i` closes `n` clients (at most what it has); they reconnect.
+    fn shed(&mut self, i: usize, n: u64) -> u64 {
+        let n = n.min(self.nodes[i].count);
+        self.nodes[i].count -= n;
+        self.shed_acc[i] += n;
+        self.reconnect(n);
+        n
+    }
+
+    /// `n` clients reconnect through the LB model. A client refused by
+    /// admission control picks again, up to 5 picks, then stays on its last
+    /// pick: no client is lost (unless the model is `none`).
+    fn reconnect(&mut self, n: u64) {
+        let live: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].core.is_some())
+            .collect();
+        let mut counts = self.counts();
+        for _ in 0..n {
+            let mut landed = None;
+            for attempt in 1..=5 {
+                let Some(j) = self.lb.pick(self.spec.lb, &live, &counts, &mut self.rng) else {
+                    break;
+                };
+                landed = Some(j);
+                let refuses = self.spec.admission
+                    && self.nodes[j].core.as_ref().is_some_and(|c| !c.accepting());
+                if !refuses || attempt == 5 {
+                    break;
+                }
+                self.refusals += 1;
+            }
+            match landed {
+                Some(j) => counts[j] += 1,
+                None => self.lost += 1,
+            }
+        }
+        for (node, count) in self.nodes.iter_mut().zip(counts) {
+            node.count = count;
+        }
+    }
+}
