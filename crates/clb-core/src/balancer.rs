@@ -9,7 +9,7 @@ use crate::event::{Event, HoldReason, MemberCount, RoundEvent, RoundOutcome};
 use crate::report::{ClusterView, NodeId, Report, TieBreaker};
 use crate::round::{DiscardReason, Round, collect};
 use crate::safety::{Settle, ShedPlan, hard_cap};
-use crate::strategy;
+use crate::strategy::{self, Deficit};
 use crate::time::Millis;
 
 /// Something the driver must do for the balancer.
@@ -32,7 +32,20 @@ pub enum Action {
     Shed {
         /// How many.
         n: u64,
+        /// Where to steer them: under-target members, each with how many of
+        /// the `n` to send there (in proportion to its deficit). Empty when
+        /// no member advertises an address or the strategy does not steer.
+        hints: Vec<Hint>,
     },
+}
+
+/// Steer `n` of a shed batch's clients to `address`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hint {
+    /// An under-target member's advertised address.
+    pub address: String,
+    /// How many of the batch to send there.
+    pub n: u64,
 }
 
 /// This node's `count()` failed, panicked or timed out.
@@ -94,12 +107,22 @@ pub struct Balancer<R> {
     /// The round's own report, waiting for the view.
     round_report: Option<Report>,
     view_outstanding: bool,
+    /// Whether the membership this balancer found at start is known (see
+    /// [`Settle::baseline`]).
+    baseline_taken: bool,
     shed_outstanding: Option<u64>,
 
     settle: Settle,
     plan: ShedPlan,
     rounds: u64,
-    accepting: bool,
+    /// The proportional hysteresis state, from the last complete round.
+    rebalancing: bool,
+    /// Admission control from the last complete round.
+    accept_up_to: Option<u64>,
+    /// Steering candidates from the last complete round.
+    deficits: Vec<Deficit>,
+    /// The last count read, for [`Balancer::accepting`].
+    last_count: u64,
 
     actions: VecDeque<Action>,
     events: VecDeque<Event>,
@@ -126,11 +149,15 @@ impl<R: Rng> Balancer<R> {
             round_due: None,
             round_report: None,
             view_outstanding: false,
+            baseline_taken: false,
             shed_outstanding: None,
             settle: Settle::default(),
             plan: ShedPlan::default(),
             rounds: 0,
-            accepting: true,
+            rebalancing: false,
+            accept_up_to: None,
+            deficits: Vec::new(),
+            last_count: 0,
             actions: VecDeque::new(),
             events: VecDeque::new(),
         })
@@ -167,10 +194,33 @@ impl<R: Rng> Balancer<R> {
         self.rounds
     }
 
-    /// Whether this node should accept new resources now (SPEC §4 admission
-    /// control), from the last complete round. Always true for `classic`.
+    /// Whether this node, holding `count` resources now, should accept a new
+    /// one (SPEC §4 admission control): false only while it is above its
+    /// target in an active rebalance. Always true for `classic`.
+    pub fn admits(&self, count: u64) -> bool {
+        self.accept_up_to.is_none_or(|limit| count <= limit)
+    }
+
+    /// [`admits`](Self::admits) with the last count this balancer read.
     pub fn accepting(&self) -> bool {
-        self.accepting
+        self.admits(self.last_count)
+    }
+
+    /// The admission limit from the last complete round: above this count
+    /// the node refuses new resources. `None` accepts everything.
+    pub fn accept_up_to(&self) -> Option<u64> {
+        self.accept_up_to
+    }
+
+    /// Whether a proportional rebalance is in progress.
+    pub fn rebalancing(&self) -> bool {
+        self.rebalancing
+    }
+
+    /// Under-target members with an address, from the last complete round:
+    /// where to steer new or shed clients, weighted by deficit.
+    pub fn deficits(&self) -> &[Deficit] {
+        &self.deficits
     }
 
     /// What is still planned to be shed in this round.
@@ -207,6 +257,7 @@ impl<R: Rng> Balancer<R> {
         let serves_round = self.round_due.is_some_and(|due| asked_at >= due);
         match count {
             Ok(n) => {
+                self.last_count = n;
                 self.seq += 1;
                 let report = Report {
                     node: self.node.clone(),
@@ -220,6 +271,11 @@ impl<R: Rng> Balancer<R> {
                 if serves_round && !self.view_outstanding {
                     self.round_due = None;
                     self.round_report = Some(report);
+                    self.view_outstanding = true;
+                    self.actions.push_back(Action::FetchView);
+                } else if !self.baseline_taken && !self.view_outstanding {
+                    // Learn who is there at start, so that a change before the
+                    // first round is seen as one.
                     self.view_outstanding = true;
                     self.actions.push_back(Action::FetchView);
                 }
@@ -246,6 +302,14 @@ impl<R: Rng> Balancer<R> {
         }
         self.view_outstanding = false;
         let Some(own) = self.round_report.take() else {
+            if let Ok(view) = view {
+                let mut ids: Vec<&NodeId> = view.members.iter().map(|m| &m.node).collect();
+                ids.push(&self.node);
+                ids.sort();
+                ids.dedup();
+                self.settle.baseline(ids.into_iter());
+                self.baseline_taken = true;
+            }
             return;
         };
         let view = match view {
@@ -332,14 +396,27 @@ impl<R: Rng> Balancer<R> {
         }
         if let Some(n) = self.plan.take_due(now) {
             self.shed_outstanding = Some(n);
-            self.actions.push_back(Action::Shed { n });
+            let hints = apportion(n, &self.deficits);
+            self.actions.push_back(Action::Shed { n, hints });
         }
     }
 
     fn decide(&mut self, now: Millis, round: Round) {
         let members = round.entries().iter().map(|e| &e.node);
         let settling = self.settle.observe(members, self.config.settle_rounds);
-        let decision = strategy::decide(&round, &self.config);
+        let decision = strategy::decide(&round, &self.config, self.rebalancing);
+        self.rebalancing = decision.rebalancing;
+        self.accept_up_to = if settling > 0 {
+            // Membership is changing and targets are moving: refuse only
+            // what is clearly overloaded, above the trigger band.
+            let dev = self.config.allowed_average_deviation_percent;
+            decision
+                .accept_up_to
+                .map(|_| (decision.target * (1.0 + dev / 100.0)).floor() as u64)
+        } else {
+            decision.accept_up_to
+        };
+        self.deficits = decision.deficits;
         let own_count = round.me().count;
         let amount = hard_cap(decision.amount, own_count, self.config.max_shed_fraction);
         let outcome = if amount == 0 {
@@ -385,6 +462,11 @@ impl<R: Rng> Balancer<R> {
         outcome: RoundOutcome,
     ) {
         self.rounds += 1;
+        if target.is_none() {
+            // No complete picture: fail open rather than refuse on stale data.
+            self.accept_up_to = None;
+            self.deficits.clear();
+        }
         // A new round replaces whatever the last one planned: "stop" stops.
         self.plan.cancel();
         if let RoundOutcome::Shed { n } = outcome {
@@ -406,11 +488,48 @@ impl<R: Rng> Balancer<R> {
             count,
             target,
             members,
-            accepting: self.accepting,
+            accepting: self.admits(count.unwrap_or(self.last_count)),
+            accept_up_to: self.accept_up_to,
+            rebalancing: self.rebalancing,
             outcome,
         }));
         self.shed_due(now);
     }
+}
+
+/// Splits `n` over `deficits` in proportion, by largest remainder, so the
+/// parts sum to `n` exactly. Empty when there is nowhere to steer.
+fn apportion(n: u64, deficits: &[Deficit]) -> Vec<Hint> {
+    let total: f64 = deficits.iter().map(|d| d.deficit).sum();
+    if n == 0 || total <= 0.0 {
+        return Vec::new();
+    }
+    let shares: Vec<f64> = deficits
+        .iter()
+        .map(|d| n as f64 * d.deficit / total)
+        .collect();
+    let mut parts: Vec<u64> = shares.iter().map(|s| s.floor() as u64).collect();
+    let mut left = n.saturating_sub(parts.iter().sum());
+    let mut order: Vec<usize> = (0..shares.len()).collect();
+    order.sort_by(|&a, &b| {
+        (shares[b] - shares[b].floor()).total_cmp(&(shares[a] - shares[a].floor()))
+    });
+    for &i in order.iter().cycle().take(shares.len() * 2) {
+        if left == 0 {
+            break;
+        }
+        parts[i] += 1;
+        left -= 1;
+    }
+    deficits
+        .iter()
+        .zip(parts)
+        .filter(|(_, n)| *n > 0)
+        .map(|(d, n)| Hint {
+            address: d.address.clone(),
+            n,
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -475,7 +594,7 @@ mod tests {
                 Action::ReadCount => b.handle_count(now, count),
                 Action::Publish(_) => {}
                 Action::FetchView => b.handle_view(now, Ok(view)),
-                Action::Shed { n } => b.handle_shed_done(now, Ok(n)),
+                Action::Shed { n, .. } => b.handle_shed_done(now, Ok(n)),
             }
         }
         let outcomes = std::iter::from_fn(|| b.poll_event())
@@ -514,7 +633,13 @@ mod tests {
         b.handle_timeout(Millis(0));
         while b.poll_action().is_some() {}
         b.handle_count(Millis(0), Ok(1));
-        while b.poll_action().is_some() {}
+        assert!(matches!(b.poll_action(), Some(Action::Publish(_))));
+        assert_eq!(
+            b.poll_action(),
+            Some(Action::FetchView),
+            "the start baseline"
+        );
+        b.handle_view(Millis(0), Ok(&view(&[("b", 0, 0)])));
         b.handle_timeout(Millis(750));
         assert_eq!(b.poll_action(), Some(Action::ReadCount));
         b.handle_timeout(Millis(1000));
@@ -530,7 +655,13 @@ mod tests {
         assert!(matches!(b.poll_action(), Some(Action::Publish(r)) if r.count == 100));
         assert_eq!(b.poll_action(), Some(Action::FetchView));
         b.handle_view(Millis(1003), Ok(&view(&[("b", 0, 0)])));
-        assert_eq!(b.poll_action(), Some(Action::Shed { n: 25 }));
+        assert_eq!(
+            b.poll_action(),
+            Some(Action::Shed {
+                n: 25,
+                hints: vec![]
+            })
+        );
     }
 
     #[test]
@@ -611,25 +742,58 @@ mod tests {
         let outcome = |b: &mut Balancer<_>, t: u64, v: &ClusterView| {
             drive(b, Millis(t), Ok(100), v).1.remove(0)
         };
+        // The first round sets the baseline: nothing to settle.
+        assert_eq!(outcome(&mut b, 1000, &two), RoundOutcome::Shed { n: 25 });
+        // A join: this round and the next are held, then shedding resumes.
         assert!(matches!(
-            outcome(&mut b, 1000, &two),
+            outcome(&mut b, 2000, &three),
             RoundOutcome::Held {
                 reason: HoldReason::Settling { rounds_left: 2 },
                 ..
             }
         ));
         assert!(matches!(
-            outcome(&mut b, 2000, &two),
+            outcome(&mut b, 3000, &three),
             RoundOutcome::Held {
                 reason: HoldReason::Settling { rounds_left: 1 },
                 ..
             }
         ));
-        assert_eq!(outcome(&mut b, 3000, &two), RoundOutcome::Shed { n: 25 });
         assert!(matches!(
             outcome(&mut b, 4000, &three),
+            RoundOutcome::Shed { .. }
+        ));
+        // A leave settles too.
+        assert!(matches!(
+            outcome(&mut b, 5000, &two),
             RoundOutcome::Held { .. }
         ));
+    }
+
+    #[test]
+    fn a_change_between_start_and_the_first_round_is_settled() {
+        let mut b = balancer(Config {
+            settle_rounds: 2,
+            pacing_window: 0.0,
+            ..Config::classic()
+        });
+        b.handle_timeout(Millis(0));
+        assert_eq!(b.poll_action(), Some(Action::ReadCount));
+        b.handle_count(Millis(0), Ok(100));
+        assert!(matches!(b.poll_action(), Some(Action::Publish(_))));
+        assert_eq!(b.poll_action(), Some(Action::FetchView));
+        b.handle_view(Millis(0), Ok(&view(&[("b", 0, 0)])));
+        // By the first round a third member has joined: hold.
+        let (_, outcomes) = drive(
+            &mut b,
+            Millis(1000),
+            Ok(100),
+            &view(&[("b", 0, 0), ("c", 0, 0)]),
+        );
+        assert!(
+            matches!(outcomes[0], RoundOutcome::Held { .. }),
+            "{outcomes:?}"
+        );
     }
 
     #[test]
@@ -674,7 +838,7 @@ mod tests {
         while now.0 < 1500 {
             let (actions, _) = drive(&mut b, now, Ok(1000), &v);
             batches.extend(actions.iter().filter_map(|a| match a {
-                Action::Shed { n } => Some((now.0, *n)),
+                Action::Shed { n, .. } => Some((now.0, *n)),
                 _ => None,
             }));
             now = b.poll_timeout().unwrap();
@@ -696,7 +860,7 @@ mod tests {
         b.handle_timeout(t);
         let first = loop {
             match b.poll_action() {
-                Some(Action::Shed { n }) => break n,
+                Some(Action::Shed { n, .. }) => break n,
                 Some(Action::ReadCount) => b.handle_count(t, Ok(1000)),
                 Some(_) => {}
                 None => panic!("expected a batch"),
@@ -726,7 +890,7 @@ mod tests {
         drive(&mut b, Millis(1000), Ok(1000), &view(&[("b", 0, 0)]));
         let t = b.poll_timeout().unwrap();
         b.handle_timeout(t);
-        let Some(Action::Shed { n }) = b.poll_action() else {
+        let Some(Action::Shed { n, .. }) = b.poll_action() else {
             panic!("expected a batch");
         };
         b.handle_shed_done(t, Err(ShedFailed));

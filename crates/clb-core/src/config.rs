@@ -13,6 +13,10 @@ pub enum Strategy {
     /// The Elixir original, exactly: only the single highest node sheds, and
     /// only when it is above the average by more than the allowed deviation.
     Classic,
+    /// Capacity-weighted targets, a two-sided trigger band with hysteresis,
+    /// every node above target shedding in the same round under a relative
+    /// cap, admission control and steered reconnects.
+    Proportional,
 }
 
 impl Strategy {
@@ -20,6 +24,7 @@ impl Strategy {
     pub fn as_str(self) -> &'static str {
         match self {
             Strategy::Classic => "classic",
+            Strategy::Proportional => "proportional",
         }
     }
 }
@@ -36,10 +41,11 @@ impl std::str::FromStr for Strategy {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "classic" => Ok(Strategy::Classic),
+            "proportional" => Ok(Strategy::Proportional),
             other => Err(ConfigError::Invalid {
                 field: "strategy",
                 value: other.to_owned(),
-                expected: "one of: classic",
+                expected: "one of: classic, proportional",
             }),
         }
     }
@@ -52,8 +58,8 @@ impl std::str::FromStr for Strategy {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// The decision rule. Default: [`Strategy::Classic`] (see the README for
-    /// when this changes).
+    /// The decision rule. Default: [`Strategy::Proportional`]; the README
+    /// says when to pick [`Strategy::Classic`].
     pub strategy: Strategy,
     /// Time between two decisions of one node. Default 10 s; 10 ms to 1 h.
     /// Each node also republishes its report four times a round, so a healthy
@@ -63,16 +69,18 @@ pub struct Config {
     /// How far above the average (classic) or its target (proportional) a
     /// node may be before it acts, in percent. Default 25; 0 to 1000.
     pub allowed_average_deviation_percent: f64,
-    /// Share of the excess shed in one round, in percent. Default 50; 0 to 100.
+    /// Share of the excess shed in one round, in percent. Default 100
+    /// (classic: 50); 0 to 100.
     pub shed_percentage: f64,
     /// Most resources one node sheds in one round; `None` for no absolute
-    /// cap. Default 100 (the original's); at least 1.
+    /// cap. Default none (classic: 100); at least 1.
     pub max_shed_count: Option<u64>,
     /// A decided amount below this is not worth a round: nothing is shed.
-    /// Default 10; at most `max_shed_count`.
+    /// Default 1 (classic: 10); at most `max_shed_count`.
     pub min_shed_count: u64,
     /// Proportional: once a rebalance has started it continues until every
-    /// node is within this many percent of its target. Default 5; 0 to 1000.
+    /// node is within this many percent of its target. Default 5; 0 to
+    /// `allowed_average_deviation_percent` (proportional), 1000 (classic).
     pub stop_band_percent: f64,
     /// Proportional: an absolute floor under both bands, in resources, so a
     /// small cluster is not chased to the last connection. Default 2.
@@ -82,8 +90,9 @@ pub struct Config {
     /// preset). Default 0.1; above 0, at most 1.
     pub max_shed_fraction: Option<f64>,
     /// After any member joins or leaves, hold shedding for this many complete
-    /// rounds, the round that saw the change included. Default 2 (0 in the
-    /// classic preset); 0 to 1000.
+    /// rounds, the round that saw the change included. While holding, a
+    /// node refuses new resources only above the trigger band. Default 2
+    /// (classic: 0); 0 to 1000.
     pub settle_rounds: u32,
     /// Pacing: spread a decided amount over this share of a round, in
     /// jittered batches. 0 sheds all at once (the classic preset).
@@ -93,7 +102,7 @@ pub struct Config {
     /// Default 10; 1 to 10000.
     pub pacing_max_batches: u32,
     /// Proportional: refuse new resources while above target in an active
-    /// rebalance (SPEC §4 admission control). Default true.
+    /// rebalance (SPEC §4 admission control). Default true (classic: false).
     pub admission_control: bool,
     /// Decide and report, shed nothing. Default false.
     pub dry_run: bool,
@@ -103,32 +112,16 @@ pub struct Config {
 }
 
 impl Default for Config {
-    /// The SPEC defaults with every safety on (settle 2 rounds, pacing over
-    /// half a round, hard cap 10%).
+    /// The recommended preset: [`Config::proportional`].
     fn default() -> Self {
-        Config {
-            strategy: Strategy::Classic,
-            round_duration: Duration::from_secs(10),
-            allowed_average_deviation_percent: 25.0,
-            shed_percentage: 50.0,
-            max_shed_count: Some(100),
-            min_shed_count: 10,
-            stop_band_percent: 5.0,
-            abs_tolerance: 2,
-            max_shed_fraction: Some(0.1),
-            settle_rounds: 2,
-            pacing_window: 0.5,
-            pacing_max_batches: 10,
-            admission_control: true,
-            dry_run: false,
-            weight: 1.0,
-        }
+        Config::proportional()
     }
 }
 
 impl Config {
-    /// The Elixir original exactly: `classic` with settle 0, no pacing and no
-    /// hard cap. Each can be turned on again by setting its field.
+    /// The Elixir original exactly: `classic` with deviation 25%, shed 50%,
+    /// max 100, min 10, rounds of 10 s, and no settle, pacing, hard cap or
+    /// admission control. Each can be turned on by setting its field.
     ///
     /// ```
     /// let c = clb_core::Config::classic();
@@ -139,11 +132,47 @@ impl Config {
     pub fn classic() -> Self {
         Config {
             strategy: Strategy::Classic,
+            round_duration: Duration::from_secs(10),
+            allowed_average_deviation_percent: 25.0,
+            shed_percentage: 50.0,
+            max_shed_count: Some(100),
+            min_shed_count: 10,
+            stop_band_percent: 5.0,
+            abs_tolerance: 2,
             max_shed_fraction: None,
             settle_rounds: 0,
             pacing_window: 0.0,
+            pacing_max_batches: 10,
             admission_control: false,
-            ..Config::default()
+            dry_run: false,
+            weight: 1.0,
+        }
+    }
+
+    /// The `proportional` strategy with every safety on (settle 2 rounds,
+    /// pacing over half a round, hard cap 10%), the SPEC's bands (trigger
+    /// 25%, stop 5%), and the values `clb simulate --compare` chose: shed
+    /// 100% of the excess (the 10% hard cap is what paces a big excess), no
+    /// absolute cap (so convergence does not slow with size), minimum 1 (so
+    /// the last few resources still move). See BENCHMARKS.md.
+    ///
+    /// ```
+    /// let c = clb_core::Config::proportional();
+    /// assert_eq!(c.max_shed_fraction, Some(0.1));
+    /// assert_eq!(c.settle_rounds, 2);
+    /// assert!(c.validate().is_ok());
+    /// ```
+    pub fn proportional() -> Self {
+        Config {
+            strategy: Strategy::Proportional,
+            shed_percentage: 100.0,
+            max_shed_count: None,
+            min_shed_count: 1,
+            max_shed_fraction: Some(0.1),
+            settle_rounds: 2,
+            pacing_window: 0.5,
+            admission_control: true,
+            ..Config::classic()
         }
     }
 
@@ -189,11 +218,16 @@ impl Config {
                 });
             }
         }
+        let max_stop_band = match self.strategy {
+            // Hysteresis only makes sense with the stop band inside the trigger band.
+            Strategy::Proportional => self.allowed_average_deviation_percent,
+            Strategy::Classic => 1000.0,
+        };
         check_f64(
             "stop_band_percent",
             self.stop_band_percent,
             Bound::Inclusive(0.0),
-            1000.0,
+            max_stop_band,
         )?;
         if let Some(fraction) = self.max_shed_fraction {
             check_f64("max_shed_fraction", fraction, Bound::Exclusive(0.0), 1.0)?;
@@ -367,6 +401,24 @@ mod tests {
     fn presets_are_valid() {
         Config::default().validate().unwrap();
         Config::classic().validate().unwrap();
+        Config::proportional().validate().unwrap();
+    }
+
+    #[test]
+    fn proportional_stop_band_must_sit_inside_the_trigger_band() {
+        let c = Config {
+            stop_band_percent: 30.0,
+            ..Config::proportional()
+        };
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "stop_band_percent must be in [0, 25], got 30"
+        );
+        let classic = Config {
+            stop_band_percent: 30.0,
+            ..Config::classic()
+        };
+        classic.validate().unwrap();
     }
 
     #[test]
@@ -482,7 +534,7 @@ mod tests {
         let err = "fancy".parse::<Strategy>().unwrap_err();
         assert_eq!(
             err.to_string(),
-            "strategy \"fancy\" is invalid: expected one of: classic"
+            "strategy \"fancy\" is invalid: expected one of: classic, proportional"
         );
     }
 }

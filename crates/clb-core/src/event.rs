@@ -89,6 +89,11 @@ pub struct RoundEvent {
     pub members: Vec<MemberCount>,
     /// Whether this node accepts new resources after this round.
     pub accepting: bool,
+    /// Admission limit after this round: above this count the node refuses
+    /// new resources (`None`: accepts everything).
+    pub accept_up_to: Option<u64>,
+    /// Whether a proportional rebalance is in progress after this round.
+    pub rebalancing: bool,
     /// What the round concluded.
     #[serde(flatten)]
     pub outcome: RoundOutcome,

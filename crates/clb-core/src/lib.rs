@@ -46,10 +46,10 @@ pub mod safety;
 pub mod strategy;
 pub mod time;
 
-pub use balancer::{Action, Balancer, CountFailed, ShedFailed, ViewFailed};
+pub use balancer::{Action, Balancer, CountFailed, Hint, ShedFailed, ViewFailed};
 pub use config::{Config, ConfigError, Strategy, validate_namespace, validate_node_id};
 pub use event::{Event, HoldReason, MemberCount, RoundEvent, RoundOutcome};
 pub use report::{ClusterView, MemberView, NodeId, Report, TieBreaker};
 pub use round::{DiscardReason, Entry, Round};
-pub use strategy::Decision;
+pub use strategy::{Decision, Deficit};
 pub use time::Millis;

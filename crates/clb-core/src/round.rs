@@ -140,11 +140,24 @@ impl Round {
 
     /// The fair share of entry `i`: `total * weight / sum(weights)`.
     pub fn target_of(&self, i: usize) -> f64 {
+        self.entries
+            .get(i)
+            .map_or(0.0, |e| e.weight * self.share_per_weight())
+    }
+
+    /// Every entry's fair share, in entry order, in one pass over the sums.
+    pub fn targets(&self) -> impl Iterator<Item = f64> + '_ {
+        let per_weight = self.share_per_weight();
+        self.entries.iter().map(move |e| e.weight * per_weight)
+    }
+
+    fn share_per_weight(&self) -> f64 {
         let weights: f64 = self.entries.iter().map(|e| e.weight).sum();
-        if weights <= 0.0 {
-            return 0.0;
+        if weights > 0.0 {
+            self.total() as f64 / weights
+        } else {
+            0.0
         }
-        self.total() as f64 * self.entries[i].weight / weights
     }
 
     /// This node's fair share.

@@ -27,24 +27,34 @@ pub struct Settle {
 }
 
 impl Settle {
+    /// Records the sorted members a balancer finds when it starts, unless a
+    /// round has already set them: the first round then compares with them.
+    pub fn baseline<'a>(&mut self, members: impl Iterator<Item = &'a NodeId>) {
+        if self.last_members.is_none() {
+            self.last_members = Some(members.cloned().collect());
+        }
+    }
+
     /// Feeds the sorted members of a complete round; returns how many rounds
     /// of holding were left *before* this one, so `> 0` means hold now.
     ///
-    /// The round that first sees a change counts as the first held round; a
-    /// balancer's very first complete round counts as a change (it has just
-    /// joined).
+    /// The round that first sees a change counts as the first held round.
+    /// The first round compares with the [`baseline`](Self::baseline) taken
+    /// at start; without one, it only sets the baseline (a node that has just
+    /// started holds little to shed, and the members that were already there
+    /// see its arrival as a change and settle).
     pub fn observe<'a>(
         &mut self,
         members: impl ExactSizeIterator<Item = &'a NodeId> + Clone,
         settle_rounds: u32,
     ) -> u32 {
-        let unchanged = self
-            .last_members
-            .as_ref()
-            .is_some_and(|last| last.len() == members.len() && last.iter().eq(members.clone()));
-        if !unchanged {
-            self.last_members = Some(members.cloned().collect());
-            self.remaining = settle_rounds;
+        match &self.last_members {
+            Some(last) if last.len() == members.len() && last.iter().eq(members.clone()) => {}
+            Some(_) => {
+                self.last_members = Some(members.cloned().collect());
+                self.remaining = settle_rounds;
+            }
+            None => self.last_members = Some(members.cloned().collect()),
         }
         let before = self.remaining;
         self.remaining = self.remaining.saturating_sub(1);
@@ -159,10 +169,17 @@ mod tests {
         let ab: Vec<NodeId> = vec!["a".into(), "b".into()];
         let abc: Vec<NodeId> = vec!["a".into(), "b".into(), "c".into()];
         let mut s = Settle::default();
-        assert!(s.observe(ab.iter(), 2) > 0, "first round is a join");
-        assert!(s.observe(ab.iter(), 2) > 0);
+        assert_eq!(
+            s.observe(ab.iter(), 2),
+            0,
+            "the first round sets the baseline"
+        );
         assert_eq!(s.observe(ab.iter(), 2), 0);
-        assert!(s.observe(abc.iter(), 2) > 0, "a join");
+        assert_eq!(
+            s.observe(abc.iter(), 2),
+            2,
+            "a join: this round and the next are held"
+        );
         assert!(s.observe(abc.iter(), 2) > 0);
         assert_eq!(s.observe(abc.iter(), 2), 0);
         assert!(s.observe(ab.iter(), 2) > 0, "a leave");

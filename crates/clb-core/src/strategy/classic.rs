@@ -75,6 +75,9 @@ pub fn decide(round: &Round, config: &Config) -> Decision {
         overloaded,
         amount,
         target: round.my_target(),
+        rebalancing: false,
+        accept_up_to: None,
+        deficits: Vec::new(),
     }
 }
 
