@@ -9,8 +9,9 @@ use clb_core::{Config, Strategy};
 /// Every [`Config`] field as a flag. Unset flags keep the preset's value.
 #[derive(Args, Debug, Clone)]
 pub struct ConfigArgs {
-    /// Decision rule: classic (the Elixir original, exactly).
-    #[arg(long, default_value = "classic", value_parser = parse_strategy)]
+    /// Decision rule: proportional (the default) or classic (the Elixir
+    /// original, exactly).
+    #[arg(long, default_value = "proportional", value_parser = parse_strategy)]
     pub strategy: Strategy,
     /// Time between two decisions, e.g. 10s, 500ms [preset: 10s].
     #[arg(long, value_parser = parse_duration)]
@@ -18,13 +19,14 @@ pub struct ConfigArgs {
     /// How far above average/target a node may be, in percent [25].
     #[arg(long)]
     pub allowed_average_deviation_percent: Option<f64>,
-    /// Share of the excess shed in one round, in percent [50].
+    /// Share of the excess shed in one round, in percent [100; classic 50].
     #[arg(long)]
     pub shed_percentage: Option<f64>,
-    /// Most shed by one node in one round; "none" for no absolute cap [100].
+    /// Most shed by one node in one round; "none" for no absolute cap
+    /// [none; classic 100].
     #[arg(long, value_parser = parse_opt_u64)]
     pub max_shed_count: Option<Option<u64>>,
-    /// Smallest amount worth shedding [10].
+    /// Smallest amount worth shedding [1; classic 10].
     #[arg(long)]
     pub min_shed_count: Option<u64>,
     /// Proportional: rebalance until every node is this close to target, percent [5].
@@ -64,6 +66,7 @@ impl ConfigArgs {
     pub fn to_config(&self) -> Result<Config, clb_core::ConfigError> {
         let mut c = match self.strategy {
             Strategy::Classic => Config::classic(),
+            Strategy::Proportional => Config::proportional(),
             _ => Config::default(),
         };
         c.strategy = self.strategy;

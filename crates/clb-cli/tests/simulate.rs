@@ -13,8 +13,43 @@ fn clb(args: &[&str]) -> Output {
 
 #[test]
 fn counts_100_59_one_round_no_lb_as_json() {
+    for strategy in ["classic", "proportional"] {
+        let out = clb(&[
+            "simulate",
+            "--counts",
+            "100,59",
+            "--lb",
+            "none",
+            "--rounds",
+            "1",
+            "--json",
+            "--strategy",
+            strategy,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["strategy"], strategy);
+        assert_eq!(
+            v["rounds"][0]["shed"],
+            serde_json::json!([10, 0]),
+            "{strategy}"
+        );
+    }
     let out = clb(&[
-        "simulate", "--counts", "100,59", "--lb", "none", "--rounds", "1", "--json",
+        "simulate",
+        "--counts",
+        "100,59",
+        "--lb",
+        "none",
+        "--rounds",
+        "1",
+        "--json",
+        "--strategy",
+        "classic",
     ]);
     assert!(
         out.status.success(),
@@ -105,4 +140,62 @@ fn many_runs_summarise_median_and_p90() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["runs"].as_array().unwrap().len(), 3);
     assert!(v["summary"]["converged_round"]["median"].is_u64());
+}
+
+#[test]
+fn compare_runs_both_strategies_on_the_same_seeds_and_plots() {
+    let dir = std::env::temp_dir().join(format!("clb-compare-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let svg = dir.join("counts.svg");
+    let out = clb(&[
+        "simulate",
+        "--compare",
+        "--scenario",
+        "new-node",
+        "--runs",
+        "3",
+        "--rounds",
+        "30",
+        "--json",
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let case = &v["cases"][0];
+    assert_eq!(case["scenario"], "new-node");
+    assert_eq!(case["runs"], 3);
+    // The original never fills a node joining four at +25%; ours does.
+    assert!(case["classic"]["within_5_round"]["median"].is_null());
+    assert!(
+        case["proportional"]["within_5_round"]["median"]
+            .as_u64()
+            .unwrap()
+            <= 10
+    );
+    let plot = std::fs::read_to_string(&svg).unwrap();
+    assert!(plot.starts_with("<svg") && plot.contains("classic") && plot.contains("proportional"));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn output_into_a_closed_pipe_is_not_a_panic() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_clb"))
+        .args(["simulate", "--runs", "30", "--rounds", "50"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read one byte and hang up, as `| head -c1` would.
+    let mut one = [0u8; 1];
+    child.stdout.take().unwrap().read_exact(&mut one).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }

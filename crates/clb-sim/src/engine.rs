@@ -1,10 +1,13 @@
 //! The event loop: real cores, one virtual clock, a shared report table as
 //! the backend, and the LB model moving shed clients.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-use clb_core::{Action, Balancer, ClusterView, MemberView, Millis, NodeId, Report, TieBreaker};
-use rand::{Rng, SeedableRng};
+use clb_core::{
+    Action, Balancer, ClusterView, Event, Hint, MemberView, Millis, NodeId, Report, RoundOutcome,
+    TieBreaker,
+};
+use rand::{Rng, RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::lb::LbState;
@@ -28,9 +31,14 @@ pub(crate) struct Engine<'a> {
     nodes: Vec<Node>,
     /// The "backend": latest report per node, and when its seq last changed.
     reports: BTreeMap<NodeId, (Report, Millis)>,
+    /// Node index by advertised address (a node's address is its id).
+    by_address: HashMap<String, usize>,
     shed_acc: Vec<u64>,
     refusals: u64,
+    forced: u64,
     lost: u64,
+    /// Whether any round decided in the current round was not `Balanced`.
+    restless: bool,
 }
 
 impl<'a> Engine<'a> {
@@ -46,7 +54,13 @@ impl<'a> Engine<'a> {
             })
             .collect::<Vec<_>>();
         let n = nodes.len();
+        let by_address = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, node)| (node.id.to_string(), i))
+            .collect();
         Engine {
+            by_address,
             spec,
             setup,
             rng: ChaCha8Rng::seed_from_u64(spec.seed),
@@ -55,7 +69,9 @@ impl<'a> Engine<'a> {
             reports: BTreeMap::new(),
             shed_acc: vec![0; n],
             refusals: 0,
+            forced: 0,
             lost: 0,
+            restless: false,
         }
     }
 
@@ -73,8 +89,10 @@ impl<'a> Engine<'a> {
         let total = warmup_rounds.saturating_add(self.spec.rounds);
 
         let mut records: Vec<RoundRecord> = Vec::with_capacity(self.spec.rounds as usize);
+        let mut warmup_records: Vec<RoundRecord> = Vec::with_capacity(warmup.len());
         let mut warmup_shed = 0;
         let mut pending: Option<RoundRecord> = None;
+        let mut quiet = 0;
         for k in 1..=total {
             let t = Millis(u64::from(k) * round_ms);
             self.run_before(t);
@@ -82,9 +100,39 @@ impl<'a> Engine<'a> {
             match pending.take() {
                 Some(mut rec) => {
                     rec.shed = shed;
+                    let unchanged = records.last().is_some_and(|prev| prev.counts == rec.counts);
+                    let still = !self.restless && rec.shed.iter().all(|&s| s == 0) && unchanged;
+                    quiet = if still { quiet + 1 } else { 0 };
                     records.push(rec);
+                    // A fixed point: every node decided "balanced" twice on
+                    // the same counts, nothing moved, nothing is scripted.
+                    // Every later round is the same, so write them down
+                    // instead of computing them.
+                    if quiet >= 2 && self.spec.fast_forward {
+                        let counts = self.counts();
+                        for round in (k - warmup_rounds)..=(total - warmup_rounds) {
+                            records.push(RoundRecord {
+                                round,
+                                counts: counts.clone(),
+                                shed: vec![0; counts.len()],
+                            });
+                        }
+                        progress(total, total);
+                        return Ok(self.report(
+                            clients,
+                            records,
+                            warmup_records,
+                            warmup_shed,
+                            warmup_rounds,
+                        ));
+                    }
                 }
-                None => warmup_shed += shed.iter().sum::<u64>(),
+                None => {
+                    warmup_shed += shed.iter().sum::<u64>();
+                    if let Some(rec) = warmup_records.last_mut() {
+                        rec.shed = shed;
+                    }
+                }
             }
             let balancing = k > warmup_rounds;
             let steps = if balancing {
@@ -99,40 +147,56 @@ impl<'a> Engine<'a> {
             for step in steps {
                 self.apply(step, t)?;
             }
+            let record = RoundRecord {
+                round: if balancing { k - warmup_rounds } else { k },
+                counts: self.counts(),
+                shed: Vec::new(),
+            };
             if balancing {
-                pending = Some(RoundRecord {
-                    round: k - warmup_rounds,
-                    counts: self.counts(),
-                    shed: Vec::new(),
-                });
+                pending = Some(record);
+            } else {
+                warmup_records.push(record);
             }
+            self.restless = false;
             self.run_instant(t);
             progress(k, total);
         }
         self.run_before(Millis(u64::from(total + 1) * round_ms));
         if let Some(mut rec) = pending.take() {
-            rec.shed = std::mem::take(&mut self.shed_acc);
+            rec.shed = std::mem::replace(&mut self.shed_acc, vec![0; self.nodes.len()]);
             records.push(rec);
         }
+        Ok(self.report(clients, records, warmup_records, warmup_shed, warmup_rounds))
+    }
+
+    fn report(
+        &self,
+        clients: u64,
+        records: Vec<RoundRecord>,
+        warmup: Vec<RoundRecord>,
+        warmup_shed: u64,
+        warmup_rounds: u32,
+    ) -> SimReport {
         let final_counts = self.counts();
         let start = records
             .first()
             .map(|r| r.counts.clone())
             .unwrap_or_default();
-        Ok(SimReport {
-            strategy: self.spec.config.strategy.as_str(),
+        let config = &self.spec.config;
+        SimReport {
+            strategy: config.strategy.as_str(),
             lb: self.spec.lb.as_str(),
             seed: self.spec.seed,
             nodes: self.nodes.len(),
             clients,
             converged_round: metrics::converged_round(&records, &final_counts, |c| {
-                metrics::within_classic(c, self.spec.config.allowed_average_deviation_percent)
+                metrics::within_classic(c, config.allowed_average_deviation_percent)
             }),
             within_10_round: metrics::converged_round(&records, &final_counts, |c| {
                 metrics::within_band(c, 10.0, 0)
             }),
             within_5_round: metrics::converged_round(&records, &final_counts, |c| {
-                metrics::within_band(c, 5.0, self.spec.config.abs_tolerance)
+                metrics::within_band(c, 5.0, config.abs_tolerance)
             }),
             total_shed: records.iter().flat_map(|r| &r.shed).sum(),
             ideal_shed: metrics::ideal_shed(&start),
@@ -144,14 +208,16 @@ impl<'a> Engine<'a> {
                 .unwrap_or(0),
             peak_node_shed_fraction: metrics::peak_node_shed_fraction(&records),
             refusals: self.refusals,
+            forced_landings: self.forced,
             scenario: self.spec.scenario.name(),
             final_counts,
             warmup_rounds,
+            warmup,
             warmup_shed,
             lost_clients: self.lost,
             rounds: records,
         }
-        .with_churn())
+        .with_churn()
     }
 
     fn counts(&self) -> Vec<u64> {
@@ -161,6 +227,8 @@ impl<'a> Engine<'a> {
     fn start_node(&mut self, i: usize, now: Millis) -> Result<(), SimError> {
         let rng = ChaCha8Rng::seed_from_u64(self.rng.next_u64());
         let mut core = Balancer::new(self.nodes[i].id.clone(), self.spec.config.clone(), now, rng)?;
+        // A node's address is its id: steering hints name nodes directly.
+        core.set_address(Some(self.nodes[i].id.to_string()));
         if let Some(tbs) = &self.setup.tie_breakers {
             core.set_tie_breaker(TieBreaker::new(tbs[i]));
         }
@@ -175,7 +243,7 @@ impl<'a> Engine<'a> {
                 self.nodes[i].core = None;
                 self.reports.remove(&self.nodes[i].id);
                 let n = std::mem::take(&mut self.nodes[i].count);
-                self.reconnect(n);
+                self.reconnect(n, &[]);
             }
             Step::Up(i) => {
                 self.nodes[i].count = 0;
@@ -241,18 +309,15 @@ impl<'a> Engine<'a> {
                         }
                         Action::Publish(report) => self.publish(report, now),
                         Action::FetchView => views.push(i),
-                        Action::Shed { n } => {
-                            let shed = self.shed(i, n);
+                        Action::Shed { n, hints } => {
+                            let shed = self.shed(i, n, &hints);
                             if let Some(c) = self.nodes[i].core.as_mut() {
                                 c.handle_shed_done(now, Ok(shed));
                             }
                         }
                     }
                 }
-                // Events are for live drivers; the simulator reads counts.
-                if let Some(c) = self.nodes[i].core.as_mut() {
-                    while c.poll_event().is_some() {}
-                }
+                self.drain_events(i);
             }
             if !views.is_empty() {
                 // No publish happens between these fetches: one view serves all.
@@ -261,14 +326,26 @@ impl<'a> Engine<'a> {
                 for i in views {
                     if let Some(c) = self.nodes[i].core.as_mut() {
                         c.handle_view(now, Ok(&view));
-                        // Drop the round event at once: holding every node's
-                        // until the next pass costs more than the decision.
-                        while c.poll_event().is_some() {}
                     }
+                    // At once: holding every node's round event until the
+                    // next pass costs more than the decision itself.
+                    self.drain_events(i);
                 }
             }
             if !progressed {
                 return;
+            }
+        }
+    }
+
+    /// The simulator reads counts, not events; it only notes whether any
+    /// round was anything but balanced (see the fixed point in `run`).
+    fn drain_events(&mut self, i: usize) {
+        if let Some(c) = self.nodes[i].core.as_mut() {
+            while let Some(event) = c.poll_event() {
+                if let Event::Round(r) = event {
+                    self.restless |= r.outcome != RoundOutcome::Balanced;
+                }
             }
         }
     }
@@ -297,43 +374,77 @@ impl<'a> Engine<'a> {
     }
 
     /// Node `i` closes `n` clients (at most what it has); they reconnect.
-    fn shed(&mut self, i: usize, n: u64) -> u64 {
+    fn shed(&mut self, i: usize, n: u64, hints: &[Hint]) -> u64 {
         let n = n.min(self.nodes[i].count);
         self.nodes[i].count -= n;
         self.shed_acc[i] += n;
-        self.reconnect(n);
+        self.reconnect(n, hints);
         n
     }
 
-    /// `n` clients reconnect through the LB model. A client refused by
+    /// `n` clients reconnect. Those covered by a hint go straight to the
+    /// hinted node if they honour hints (`hint_followers`) and it admits
+    /// them; everyone else goes through the LB model. A client refused by
     /// admission control picks again, up to 5 picks, then stays on its last
     /// pick: no client is lost (unless the model is `none`).
-    fn reconnect(&mut self, n: u64) {
+    fn reconnect(&mut self, n: u64, hints: &[Hint]) {
         let live: Vec<usize> = (0..self.nodes.len())
             .filter(|&i| self.nodes[i].core.is_some())
             .collect();
         let mut counts = self.counts();
-        for _ in 0..n {
-            let mut landed = None;
-            for attempt in 1..=5 {
-                let Some(j) = self.lb.pick(self.spec.lb, &live, &counts, &mut self.rng) else {
-                    break;
-                };
-                landed = Some(j);
-                let refuses = self.spec.admission
-                    && self.nodes[j].core.as_ref().is_some_and(|c| !c.accepting());
-                if !refuses || attempt == 5 {
-                    break;
+        let mut steered = 0;
+        for hint in hints {
+            let Some(&j) = self.by_address.get(hint.address.as_str()) else {
+                continue;
+            };
+            let k = hint.n.min(n - steered);
+            steered += k;
+            for _ in 0..k {
+                if self.follows_hint() && self.admits(j, counts[j]) {
+                    counts[j] += 1;
+                } else {
+                    self.place(&live, &mut counts);
                 }
-                self.refusals += 1;
             }
-            match landed {
-                Some(j) => counts[j] += 1,
-                None => self.lost += 1,
-            }
+        }
+        for _ in steered..n {
+            self.place(&live, &mut counts);
         }
         for (node, count) in self.nodes.iter_mut().zip(counts) {
             node.count = count;
+        }
+    }
+
+    fn follows_hint(&mut self) -> bool {
+        let p = self.spec.hint_followers;
+        // No draw at the extremes, so runs without followers use the same
+        // random stream as runs without hints at all.
+        p >= 1.0 || (p > 0.0 && self.rng.random_bool(p))
+    }
+
+    fn admits(&self, j: usize, count: u64) -> bool {
+        !self.spec.admission || self.nodes[j].core.as_ref().is_none_or(|c| c.admits(count))
+    }
+
+    /// One client through the LB model, with up to 5 picks.
+    fn place(&mut self, live: &[usize], counts: &mut [u64]) {
+        let mut landed = None;
+        for attempt in 1..=5 {
+            let Some(j) = self.lb.pick(self.spec.lb, live, counts, &mut self.rng) else {
+                break;
+            };
+            landed = Some(j);
+            if self.admits(j, counts[j]) {
+                break;
+            }
+            self.refusals += 1;
+            if attempt == 5 {
+                self.forced += 1;
+            }
+        }
+        match landed {
+            Some(j) => counts[j] += 1,
+            None => self.lost += 1,
         }
     }
 }

@@ -48,6 +48,11 @@ pub struct SimSpec {
     pub rounds: u32,
     /// Seeds every random choice.
     pub seed: u64,
+    /// Stop computing once the cluster is at a fixed point (every node
+    /// decided "balanced" twice on unchanged counts) and write the remaining
+    /// identical rounds down. The output is the same either way; only the
+    /// time differs. Default true.
+    pub fast_forward: bool,
 }
 
 impl Default for SimSpec {
@@ -63,6 +68,7 @@ impl Default for SimSpec {
             hint_followers: 0.0,
             rounds: 100,
             seed: 1,
+            fast_forward: true,
         }
     }
 }
@@ -123,12 +129,16 @@ pub struct SimReport {
     pub peak_node_shed_fraction: f64,
     /// Reconnect attempts refused by admission control.
     pub refusals: u64,
+    /// Clients that, refused five times, stayed on a refusing node.
+    pub forced_landings: u64,
     /// The scenario's name.
     pub scenario: &'static str,
     /// Counts after the last round.
     pub final_counts: Vec<u64>,
     /// Rounds simulated before the balancing rounds (the rolling deploy).
     pub warmup_rounds: u32,
+    /// Those rounds, numbered from 1 (for plots).
+    pub warmup: Vec<RoundRecord>,
     /// What was shed during the warm-up rounds (not in `total_shed`).
     pub warmup_shed: u64,
     /// Clients that never came back (only with `lb: none`).

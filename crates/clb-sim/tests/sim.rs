@@ -171,3 +171,131 @@ fn invalid_inputs_are_refused_before_running() {
             .starts_with("hint_followers")
     );
 }
+
+fn proportional(scenario: Scenario, rounds: u32) -> SimSpec {
+    SimSpec {
+        scenario,
+        config: Config::proportional(),
+        rounds,
+        ..SimSpec::default()
+    }
+}
+
+#[test]
+fn proportional_evens_out_a_rolling_deploy_in_a_handful_of_rounds() {
+    let r = run(
+        &proportional(
+            Scenario::RollingDeploy {
+                nodes: 5,
+                clients: 10_000,
+            },
+            30,
+        ),
+        |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(r.final_counts.iter().sum::<u64>(), 10_000, "no client lost");
+    // Two settle rounds after the last node is back, then a few of shedding.
+    assert!(
+        r.rounds[0]
+            .shed
+            .iter()
+            .chain(&r.rounds[1].shed)
+            .all(|&s| s == 0)
+    );
+    let w10 = r.within_10_round.expect("within ±10%");
+    let w5 = r.within_5_round.expect("within ±5%");
+    assert!(
+        w10 <= 8 && w5 <= 9,
+        "within ±10% after {w10}, ±5% after {w5}"
+    );
+    assert!(
+        r.peak_node_shed_fraction <= 0.1,
+        "hard cap: {}",
+        r.peak_node_shed_fraction
+    );
+    assert!(r.refusals > 0, "admission control refused someone");
+    let last = r.final_counts[4] as f64 / 2000.0;
+    assert!(last >= 0.95, "the last restarted node is filled: {last:.2}");
+}
+
+#[test]
+fn proportional_fills_a_new_node() {
+    let r = run(
+        &proportional(
+            Scenario::NewNode {
+                nodes: 5,
+                clients: 10_000,
+            },
+            20,
+        ),
+        |_, _| {},
+    )
+    .unwrap();
+    assert!(
+        r.within_5_round.is_some_and(|w| w <= 6),
+        "{:?}",
+        r.within_5_round
+    );
+    assert!(r.final_counts[4] >= 1900);
+}
+
+#[test]
+fn clients_that_follow_hints_move_once() {
+    let spec = SimSpec {
+        hint_followers: 1.0,
+        ..proportional(
+            Scenario::RollingDeploy {
+                nodes: 5,
+                clients: 10_000,
+            },
+            30,
+        )
+    };
+    let r = run(&spec, |_, _| {}).unwrap();
+    let churn = r.churn_ratio.unwrap();
+    assert!(churn <= 1.05, "churn {churn}");
+}
+
+#[test]
+fn fast_forward_changes_nothing_but_the_time() {
+    for config in [Config::classic(), Config::proportional()] {
+        let spec = SimSpec {
+            config,
+            scenario: Scenario::Skewed {
+                nodes: 6,
+                clients: 12_000,
+            },
+            rounds: 400,
+            seed: 5,
+            ..SimSpec::default()
+        };
+        let fast = run(&spec, |_, _| {}).unwrap();
+        let slow = run(
+            &SimSpec {
+                fast_forward: false,
+                ..spec
+            },
+            |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(fast.rounds.len(), 400);
+        assert_eq!(fast.to_json(), slow.to_json());
+    }
+}
+
+#[test]
+fn admission_off_means_no_refusals() {
+    let mut spec = proportional(
+        Scenario::RollingDeploy {
+            nodes: 5,
+            clients: 10_000,
+        },
+        30,
+    );
+    spec.config.admission_control = false;
+    spec.admission = false;
+    let r = run(&spec, |_, _| {}).unwrap();
+    assert_eq!(r.refusals, 0);
+    assert_eq!(r.final_counts.iter().sum::<u64>(), 10_000);
+}

@@ -46,9 +46,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         AtomicU64::new(0),
     ]);
     let cluster = Arc::new(MemoryCluster::new());
+    // Short rounds so the example finishes in a few seconds; try
+    // `..Config::classic()` to see the original stop at +25%.
     let config = Config {
         round_duration: Duration::from_millis(200),
-        ..Config::classic()
+        ..Config::default()
     };
     let mut balancers = Vec::new();
     for me in 0..nodes.len() {

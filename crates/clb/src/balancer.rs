@@ -1,12 +1,12 @@
 //! The handle a service holds: build, observe, shut down.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use clb_core::{Config, ConfigError, Event, NodeId, RoundOutcome};
-use rand::SeedableRng;
+use clb_core::{Config, ConfigError, Deficit, Event, NodeId, RoundOutcome};
 use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
@@ -60,9 +60,9 @@ impl Balancer {
     }
 
     /// Whether this node accepts new resources now (SPEC §4 admission
-    /// control). A lock-free read; call it on every connection attempt.
+    /// control), judged with the last count read. A lock-free read.
     pub fn accepting(&self) -> bool {
-        self.shared.accepting.load(Ordering::Relaxed)
+        self.admission().accepting()
     }
 
     /// A cheap, cloneable handle to [`accepting`](Self::accepting), for
@@ -100,14 +100,41 @@ impl Drop for Balancer {
     }
 }
 
-/// Whether a node accepts new resources; see [`Balancer::admission`].
+/// Whether a node accepts new resources, and where to send those it refuses;
+/// see [`Balancer::admission`]. Cheap to clone and to call.
 #[derive(Clone, Debug)]
 pub struct Admission(Arc<Shared>);
 
 impl Admission {
-    /// True unless the node is above target in an active rebalance.
+    /// Whether a node holding `live_count` resources should accept one more:
+    /// false only while it is above its target in an active rebalance.
+    /// Lock-free; pass the adapter's live count.
+    pub fn admits(&self, live_count: u64) -> bool {
+        live_count <= self.0.accept_up_to.load(Ordering::Relaxed)
+    }
+
+    /// [`admits`](Self::admits) with the last count the balancer read.
     pub fn accepting(&self) -> bool {
-        self.0.accepting.load(Ordering::Relaxed)
+        self.admits(self.0.last_count.load(Ordering::Relaxed))
+    }
+
+    /// An under-target node's address, drawn in proportion to its deficit,
+    /// for a steered reconnect (a 503's body, say). `None` when no member
+    /// is below target with an address.
+    pub fn hint(&self) -> Option<String> {
+        let deficits = self.0.deficits.lock().unwrap_or_else(|p| p.into_inner());
+        let total: f64 = deficits.iter().map(|d| d.deficit).sum();
+        if total <= 0.0 {
+            return None;
+        }
+        let mut x = rand::rng().random::<f64>() * total;
+        for d in deficits.iter() {
+            if x < d.deficit {
+                return Some(d.address.clone());
+            }
+            x -= d.deficit;
+        }
+        deficits.last().map(|d| d.address.clone())
     }
 }
 
@@ -204,7 +231,9 @@ impl Builder {
         core.set_address(self.address.clone());
 
         let shared = Arc::new(Shared {
-            accepting: AtomicBool::new(true),
+            accept_up_to: AtomicU64::new(u64::MAX),
+            last_count: AtomicU64::new(0),
+            deficits: Mutex::new(Vec::new()),
             status: Mutex::new(Status {
                 node_id: self.node_id,
                 namespace: self.namespace.clone(),
@@ -212,6 +241,7 @@ impl Builder {
                 count: None,
                 target: None,
                 accepting: true,
+                rebalancing: false,
                 members: Vec::new(),
                 rounds: RoundCounts::default(),
                 shed_total: 0,
@@ -268,6 +298,8 @@ pub struct Status {
     pub target: Option<f64>,
     /// Whether this node accepts new resources.
     pub accepting: bool,
+    /// Whether a proportional rebalance is in progress.
+    pub rebalancing: bool,
     /// Every live member at the last round, this node included.
     pub members: Vec<StatusMember>,
     /// Rounds by outcome.
@@ -304,7 +336,10 @@ pub struct RoundCounts {
 
 #[derive(Debug)]
 pub(crate) struct Shared {
-    accepting: AtomicBool,
+    /// Admission limit (`u64::MAX`: accept everything).
+    accept_up_to: AtomicU64,
+    last_count: AtomicU64,
+    deficits: Mutex<Vec<Deficit>>,
     status: Mutex<Status>,
 }
 
@@ -316,15 +351,25 @@ impl Shared {
     }
 
     pub(crate) fn set_count(&self, count: u64) {
+        self.last_count.store(count, Ordering::Relaxed);
         self.lock().count = Some(count);
+    }
+
+    /// Admission state from the core after a round.
+    pub(crate) fn set_admission(&self, accept_up_to: Option<u64>, deficits: &[Deficit]) {
+        self.accept_up_to
+            .store(accept_up_to.unwrap_or(u64::MAX), Ordering::Relaxed);
+        let mut d = self.deficits.lock().unwrap_or_else(|p| p.into_inner());
+        d.clear();
+        d.extend_from_slice(deficits);
     }
 
     pub(crate) fn apply(&self, event: &Event) {
         let mut status = self.lock();
         match event {
             Event::Round(r) => {
-                self.accepting.store(r.accepting, Ordering::Relaxed);
                 status.accepting = r.accepting;
+                status.rebalancing = r.rebalancing;
                 if r.count.is_some() {
                     status.count = r.count;
                 }

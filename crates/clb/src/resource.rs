@@ -2,6 +2,8 @@
 
 use std::future::Future;
 
+pub use clb_core::Hint;
+
 /// Something a node holds many of and can shed: WebSocket connections, SSE
 /// streams, actors. Implement it for your service, or use a ready-made one
 /// (the WebSocket adapter).
@@ -46,12 +48,35 @@ pub trait Resource: Send + Sync + 'static {
 pub struct ShedRequest {
     /// How many resources to close.
     pub n: u64,
+    /// Steering hints (proportional strategy): for each under-target node's
+    /// advertised address, how many of the `n` to point there (in the close
+    /// reason, say). Their `n`s sum to at most `n`; the rest get no hint.
+    /// Clients that ignore hints lose nothing.
+    pub hints: Vec<Hint>,
 }
 
 impl ShedRequest {
-    /// A request to shed `n`.
+    /// A request to shed `n`, without hints.
     pub fn new(n: u64) -> Self {
-        ShedRequest { n }
+        ShedRequest {
+            n,
+            hints: Vec::new(),
+        }
+    }
+
+    /// A request to shed `n` with steering hints.
+    pub fn with_hints(n: u64, hints: Vec<Hint>) -> Self {
+        ShedRequest { n, hints }
+    }
+
+    /// One hint per resource to close, in order: `Some(address)` for the
+    /// first `hints[0].n`, and so on, then `None` for the rest.
+    pub fn iter_hints(&self) -> impl Iterator<Item = Option<&str>> + '_ {
+        let hinted = self
+            .hints
+            .iter()
+            .flat_map(|h| std::iter::repeat_n(Some(h.address.as_str()), h.n as usize));
+        hinted.chain(std::iter::repeat(None)).take(self.n as usize)
     }
 }
 

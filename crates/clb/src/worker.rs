@@ -91,9 +91,9 @@ impl<R: Resource, B: ClusterBackend> Worker<R, B> {
                         let now = self.now();
                         self.core.handle_view(now, view.as_ref().map_err(|&e| e));
                     }
-                    Action::Shed { n } => {
+                    Action::Shed { n, hints } => {
                         debug_assert!(shed_task.is_none(), "core asked for a second shed");
-                        let request = ShedRequest::new(n);
+                        let request = ShedRequest::with_hints(n, hints);
                         shed_task =
                             Some(self.spawn_guarded(self.timeouts.shed, move |r| async move {
                                 r.shed(request).await
@@ -102,6 +102,10 @@ impl<R: Resource, B: ClusterBackend> Worker<R, B> {
                 }
             }
             while let Some(event) = self.core.poll_event() {
+                if matches!(event, Event::Round(_)) {
+                    self.shared
+                        .set_admission(self.core.accept_up_to(), self.core.deficits());
+                }
                 self.record(event, round_started.elapsed());
             }
 

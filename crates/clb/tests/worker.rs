@@ -347,3 +347,119 @@ async fn invalid_config_or_namespace_is_refused_before_anything_runs() {
         "{err}"
     );
 }
+
+/// A node whose count only drops by what it sheds; records every shed call.
+struct Recorder {
+    start: u64,
+    calls: Mutex<Vec<(Instant, ShedRequest)>>,
+}
+
+impl Recorder {
+    fn new(start: u64) -> Arc<Self> {
+        Arc::new(Recorder {
+            start,
+            calls: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn shed_so_far(&self) -> u64 {
+        self.calls.lock().unwrap().iter().map(|(_, r)| r.n).sum()
+    }
+}
+
+impl Resource for Recorder {
+    async fn count(&self) -> Result<u64, ResourceError> {
+        Ok(self.start - self.shed_so_far())
+    }
+
+    async fn shed(&self, request: ShedRequest) -> Result<u64, ResourceError> {
+        let n = request.n;
+        self.calls.lock().unwrap().push((Instant::now(), request));
+        Ok(n)
+    }
+}
+
+fn proportional() -> Config {
+    Config {
+        round_duration: ROUND,
+        ..Config::proportional()
+    }
+}
+
+/// Starts a full node and an empty one, each advertising an address.
+fn full_and_empty(cluster: &Arc<MemoryCluster>) -> (Arc<Recorder>, Balancer, Balancer) {
+    let full = Recorder::new(1000);
+    let a = Balancer::builder("a", "ws")
+        .config(proportional())
+        .address("a:1")
+        .seed(1)
+        .spawn(Arc::clone(&full), Arc::clone(cluster))
+        .unwrap();
+    let b = Balancer::builder("b", "ws")
+        .config(proportional())
+        .address("b:1")
+        .seed(2)
+        .spawn(Recorder::new(0), Arc::clone(cluster))
+        .unwrap();
+    (full, a, b)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_decided_shed_is_paced_in_jittered_batches_over_half_a_round() {
+    let cluster = Arc::new(MemoryCluster::new());
+    let (full, a, _b) = full_and_empty(&cluster);
+    let mut rx = a.subscribe();
+    let round = wait_round(&mut rx, 5, |r| {
+        matches!(r.outcome, RoundOutcome::Shed { .. })
+    })
+    .await;
+    let decided_at = Instant::now();
+    let RoundOutcome::Shed { n } = round.outcome else {
+        unreachable!()
+    };
+    assert_eq!(n, 100, "10% of 1000: the hard cap");
+    sleep(ROUND / 2).await;
+    let calls = full.calls.lock().unwrap().clone();
+    let times: Vec<Duration> = calls.iter().map(|(t, _)| *t - decided_at).collect();
+    assert_eq!(
+        calls.iter().map(|(_, r)| r.n).sum::<u64>(),
+        100,
+        "{calls:?}"
+    );
+    assert_eq!(calls.len(), 10, "split into pacing_max_batches batches");
+    assert!(
+        times.iter().all(|t| *t < ROUND / 2),
+        "all within the window: {times:?}"
+    );
+    let spread = *times.last().unwrap() - times[0];
+    assert!(
+        spread >= ROUND / 4,
+        "spread over the window, not a burst: {times:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn admission_refuses_above_target_and_sheds_carry_steering_hints() {
+    let cluster = Arc::new(MemoryCluster::new());
+    let (full, a, b) = full_and_empty(&cluster);
+    let mut rx = a.subscribe();
+    let round = wait_round(&mut rx, 5, |r| {
+        matches!(r.outcome, RoundOutcome::Shed { .. })
+    })
+    .await;
+    assert!(round.rebalancing);
+    assert!(!a.accepting(), "above target in a rebalance: refuse");
+    assert!(!a.admission().admits(600));
+    assert!(a.admission().admits(400));
+    assert_eq!(a.admission().hint().as_deref(), Some("b:1"));
+    assert!(b.accepting(), "below target: accept");
+    sleep(ROUND / 2).await;
+    let calls = full.calls.lock().unwrap().clone();
+    assert!(!calls.is_empty());
+    for (_, request) in &calls {
+        let hinted: Vec<Option<&str>> = request.iter_hints().collect();
+        assert_eq!(hinted.len() as u64, request.n);
+        assert!(hinted.iter().all(|h| *h == Some("b:1")), "{request:?}");
+    }
+    assert!(a.status().rebalancing);
+}
