@@ -76,6 +76,12 @@ impl Balancer {
         self.shared.lock().clone()
     }
 
+    /// A cheap, cloneable handle to [`status`](Self::status), for HTTP
+    /// handlers that outlive a borrow of the balancer.
+    pub fn status_handle(&self) -> StatusHandle {
+        StatusHandle(Arc::clone(&self.shared))
+    }
+
     /// A stream of every [`Event`] from now on. A receiver that falls more
     /// than 1024 events behind loses the oldest (`RecvError::Lagged`).
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
@@ -135,6 +141,17 @@ impl Admission {
             x -= d.deficit;
         }
         deficits.last().map(|d| d.address.clone())
+    }
+}
+
+/// Reads a balancer's [`Status`]; see [`Balancer::status_handle`].
+#[derive(Clone, Debug)]
+pub struct StatusHandle(Arc<Shared>);
+
+impl StatusHandle {
+    /// A snapshot of the balancer's state.
+    pub fn status(&self) -> Status {
+        self.0.lock().clone()
     }
 }
 

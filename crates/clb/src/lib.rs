@@ -38,6 +38,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod adapter;
 pub mod backend;
 mod balancer;
 pub mod metrics;
@@ -46,12 +47,16 @@ mod trace;
 mod worker;
 
 pub use backend::{BackendError, ClusterBackend, MemoryCluster};
-pub use balancer::{Admission, Balancer, BuildError, Builder, RoundCounts, Status, StatusMember};
+#[cfg(feature = "gossip")]
+pub use backend::{ClusterKey, GossipBackend, GossipConfig};
+pub use balancer::{
+    Admission, Balancer, BuildError, Builder, RoundCounts, Status, StatusHandle, StatusMember,
+};
 pub use clb_core::{
     self as core, ClusterView, Config, ConfigError, DiscardReason, Event, HoldReason, NodeId,
     Report, RoundEvent, RoundOutcome, Strategy,
 };
-pub use resource::{Resource, ResourceError, ShedRequest};
+pub use resource::{Hint, Resource, ResourceError, ShedRequest};
 
 /// Compiles (and runs, where not `no_run`) every Rust block of the README.
 #[doc = include_str!("../../../README.md")]

@@ -21,6 +21,10 @@ pub const CLUSTER_MEMBERS: &str = "clb_cluster_members";
 pub const ROUND_DURATION: &str = "clb_round_duration_seconds";
 /// Counter: network messages dropped by a backend, by `reason`.
 pub const REJECTED_MESSAGES: &str = "clb_rejected_messages_total";
+/// Counter: gossip datagrams, by `direction` (`sent`, `received`).
+pub const GOSSIP_PACKETS: &str = "clb_gossip_packets_total";
+/// Counter: outgoing messages dropped before sending, by `reason`.
+pub const SENT_DROPPED: &str = "clb_gossip_send_dropped_total";
 /// Counter: failed, panicked or timed-out resource calls, by `call`.
 pub const RESOURCE_FAILURES: &str = "clb_resource_failures_total";
 /// Gauge: 1 while this node accepts new resources, 0 while it refuses.

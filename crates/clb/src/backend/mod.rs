@@ -1,6 +1,8 @@
 //! How nodes learn each other's reports: the [`ClusterBackend`] trait and its
 //! implementations. Backends translate and transport; they never decide.
 
+#[cfg(feature = "gossip")]
+pub mod gossip;
 pub mod memory;
 
 use std::future::Future;
@@ -8,6 +10,8 @@ use std::time::Duration;
 
 use clb_core::{ClusterView, NodeId, Report};
 
+#[cfg(feature = "gossip")]
+pub use gossip::{ClusterKey, GossipBackend, GossipConfig};
 pub use memory::MemoryCluster;
 
 /// A shared medium where every node of a namespace publishes its report and

@@ -1,0 +1,3 @@
+//! Ready-made [`Resource`](crate::Resource)s for common kinds of resources.
+
+pub mod websocket;
