@@ -73,6 +73,7 @@ enum ScenarioName {
     Skewed,
 }
 
+/// Runs the simulation(s) and prints the result.
 pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     let scenario = match (&args.counts, args.scenario) {
         (Some(counts), _) => Some(Scenario::Counts {
