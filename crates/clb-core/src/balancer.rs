@@ -266,6 +266,7 @@ impl<R: Rng> Balancer<R> {
                     weight: self.config.weight,
                     address: self.address.clone(),
                     seq: self.seq,
+                    rebalancing: self.rebalancing,
                 };
                 self.actions.push_back(Action::Publish(report.clone()));
                 if serves_round && !self.view_outstanding {
@@ -571,6 +572,7 @@ mod tests {
                         weight: 1.0,
                         address: None,
                         seq: 1,
+                        rebalancing: false,
                     }),
                     age: Duration::from_millis(age_ms),
                 })

@@ -127,6 +127,11 @@ pub struct Report {
     pub address: Option<String>,
     /// Grows with every publish; freshness is judged by when it last changed.
     pub seq: u64,
+    /// Whether this node's last complete round left a proportional
+    /// rebalance active. Shared so that a rebalance continues while any
+    /// member still takes part in it: nodes sample at different moments and
+    /// would otherwise disagree about the hysteresis.
+    pub rebalancing: bool,
 }
 
 impl Report {

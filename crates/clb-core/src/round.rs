@@ -21,6 +21,8 @@ pub struct Entry {
     pub weight: f64,
     /// Its advertised client address, if any.
     pub address: Option<String>,
+    /// Whether it reports an active proportional rebalance.
+    pub rebalancing: bool,
 }
 
 impl Entry {
@@ -32,6 +34,7 @@ impl Entry {
             tie_breaker: TieBreaker::new(tie_breaker),
             weight: 1.0,
             address: None,
+            rebalancing: false,
         }
     }
 
@@ -42,6 +45,7 @@ impl Entry {
             tie_breaker: r.tie_breaker,
             weight: r.weight,
             address: r.address.clone(),
+            rebalancing: r.rebalancing,
         }
     }
 }
@@ -267,6 +271,7 @@ mod tests {
             weight: 1.0,
             address: None,
             seq,
+            rebalancing: false,
         }
     }
 

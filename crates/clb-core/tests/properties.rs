@@ -181,6 +181,7 @@ proptest! {
                     weight: 1.0,
                     address: Some(format!("o{i}:80")),
                     seq: 1,
+                    rebalancing: false,
                 }),
                 age: Duration::from_millis(age),
             }).collect(),
@@ -236,6 +237,7 @@ fn proportional_steers_every_shed_client_when_addresses_are_known() {
         weight: 1.0,
         address: Some(format!("{id}:80")),
         seq: 1,
+        rebalancing: false,
     };
     let view = ClusterView::from_reports([report("b", 0), report("c", 300)]);
     // The first round sets the membership baseline; shed in the second.

@@ -18,6 +18,7 @@ fn report(node: &str, count: u64, seq: u64) -> Report {
         weight: 1.0,
         address: Some(format!("ws://{node}/ws")),
         seq,
+        rebalancing: false,
     }
 }
 

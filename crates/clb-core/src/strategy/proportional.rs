@@ -39,13 +39,15 @@ pub fn outside(count: u64, target: f64, percent: f64, abs_tolerance: u64) -> boo
     (count as f64 - target).abs() > band(target, percent, abs_tolerance)
 }
 
-/// Whether a rebalance is active after this round, given whether one was
-/// active before it.
+/// Whether a rebalance is active after this round, given whether this node
+/// was in one. It continues (stop band) while this node or any member
+/// reports one; otherwise only the trigger band starts one.
 pub fn rebalancing(round: &Round, config: &Config, was_rebalancing: bool) -> bool {
     if round.num_members() < 2 {
         return false;
     }
-    let percent = if was_rebalancing {
+    let anyone = was_rebalancing || round.entries().iter().any(|e| e.rebalancing);
+    let percent = if anyone {
         config.stop_band_percent
     } else {
         config.allowed_average_deviation_percent
@@ -201,6 +203,24 @@ mod tests {
         );
         let even = Round::from_counts(0, &[104, 96], &[]);
         assert!(!rebalancing(&even, &c, true), "stops inside 5%");
+    }
+
+    #[test]
+    fn a_rebalance_continues_while_any_member_reports_one() {
+        let c = config();
+        // This node saw the cluster inside the stop band at its last round
+        // and stopped; another member did not, and the +15% is still there.
+        let mut other = Entry::new("b", 85, 0.1);
+        other.rebalancing = true;
+        let round = Round::new(Entry::new("a", 115, 0.2), [other]);
+        let d = decide(&round, &c, false);
+        assert!(d.rebalancing);
+        assert_eq!(d.amount, 11, "it takes part again");
+        // Everyone inside the stop band: it stops, whatever anyone reports.
+        let mut other = Entry::new("b", 98, 0.1);
+        other.rebalancing = true;
+        let round = Round::new(Entry::new("a", 102, 0.2), [other]);
+        assert!(!decide(&round, &c, true).rebalancing);
     }
 
     #[test]

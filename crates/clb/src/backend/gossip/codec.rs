@@ -1,5 +1,7 @@
-//! A report as a gossip value: `v1;count;seq;tie_breaker;weight;address`
-//! (address last and possibly empty). The node id is the gossip member's.
+//! A report as a gossip value:
+//! `v1;count;seq;tie_breaker;weight;rebalancing;address` (`rebalancing` is
+//! `0` or `1`; the address comes last and may be empty). The node id is the
+//! gossip member's.
 
 use clb_core::{NodeId, Report, TieBreaker};
 
@@ -8,11 +10,12 @@ const MAX_VALUE: usize = 512;
 
 pub(crate) fn encode(report: &Report) -> String {
     format!(
-        "v1;{};{};{};{};{}",
+        "v1;{};{};{};{};{};{}",
         report.count,
         report.seq,
         report.tie_breaker.value(),
         report.weight,
+        u8::from(report.rebalancing),
         report.address.as_deref().unwrap_or("")
     )
 }
@@ -22,7 +25,7 @@ pub(crate) fn decode(node: &NodeId, value: &str) -> Result<Report, &'static str>
     if value.len() > MAX_VALUE {
         return Err("oversized_report");
     }
-    let mut parts = value.splitn(6, ';');
+    let mut parts = value.splitn(7, ';');
     if parts.next() != Some("v1") {
         return Err("unknown_report_version");
     }
@@ -31,6 +34,11 @@ pub(crate) fn decode(node: &NodeId, value: &str) -> Result<Report, &'static str>
     let seq = next()?.parse::<u64>().map_err(|_| "malformed_report")?;
     let tie_breaker = next()?.parse::<f64>().map_err(|_| "malformed_report")?;
     let weight = next()?.parse::<f64>().map_err(|_| "malformed_report")?;
+    let rebalancing = match next()? {
+        "0" => false,
+        "1" => true,
+        _ => return Err("malformed_report"),
+    };
     let address = next()?;
     if !(0.0..1.0).contains(&tie_breaker) || address.chars().any(char::is_control) {
         return Err("malformed_report");
@@ -42,6 +50,7 @@ pub(crate) fn decode(node: &NodeId, value: &str) -> Result<Report, &'static str>
         weight,
         address: (!address.is_empty()).then(|| address.to_owned()),
         seq,
+        rebalancing,
     };
     if !report.is_valid() {
         return Err("invalid_report");
@@ -61,6 +70,7 @@ mod tests {
             weight: 2.5,
             address: address.map(str::to_owned),
             seq: 99,
+            rebalancing: true,
         }
     }
 
@@ -74,16 +84,20 @@ mod tests {
     #[test]
     fn refuses_what_it_cannot_trust() {
         let n: NodeId = "n1".into();
-        assert_eq!(decode(&n, "v2;1;1;0.5;1;"), Err("unknown_report_version"));
+        assert_eq!(decode(&n, "v2;1;1;0.5;1;0;"), Err("unknown_report_version"));
         assert_eq!(decode(&n, "v1;1;1;0.5"), Err("malformed_report"));
-        assert_eq!(decode(&n, "v1;-1;1;0.5;1;"), Err("malformed_report"));
-        assert_eq!(decode(&n, "v1;1;1;1.5;1;"), Err("malformed_report"));
-        assert_eq!(decode(&n, "v1;1;1;0.5;NaN;"), Err("invalid_report"));
-        assert_eq!(decode(&n, "v1;1;1;0.5;0;"), Err("invalid_report"));
-        assert_eq!(decode(&n, "v1;1;1;0.5;1;a\\nb").map(|r| r.count), Ok(1));
-        assert_eq!(decode(&n, "v1;1;1;0.5;1;a\nb"), Err("malformed_report"));
+        assert_eq!(decode(&n, "v1;-1;1;0.5;1;0;"), Err("malformed_report"));
+        assert_eq!(decode(&n, "v1;1;1;1.5;1;0;"), Err("malformed_report"));
+        assert_eq!(decode(&n, "v1;1;1;0.5;1;2;"), Err("malformed_report"));
+        assert_eq!(decode(&n, "v1;1;1;0.5;NaN;0;"), Err("invalid_report"));
+        assert_eq!(decode(&n, "v1;1;1;0.5;0;0;"), Err("invalid_report"));
         assert_eq!(
-            decode(&n, &format!("v1;1;1;0.5;1;{}", "x".repeat(600))),
+            decode(&n, "v1;1;1;0.5;1;1;a\\nb").map(|r| r.rebalancing),
+            Ok(true)
+        );
+        assert_eq!(decode(&n, "v1;1;1;0.5;1;0;a\nb"), Err("malformed_report"));
+        assert_eq!(
+            decode(&n, &format!("v1;1;1;0.5;1;0;{}", "x".repeat(600))),
             Err("oversized_report")
         );
     }
