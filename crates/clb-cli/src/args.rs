@@ -117,6 +117,65 @@ impl ConfigArgs {
     }
 }
 
+impl ConfigArgs {
+    /// The flags that were given, as `clb node` arguments: what the demo
+    /// passes on to the nodes it starts.
+    pub fn to_cli_args(&self) -> Vec<String> {
+        let mut out = vec!["--strategy".to_owned(), self.strategy.to_string()];
+        let mut push = |flag: &str, value: Option<String>| {
+            if let Some(v) = value {
+                out.push(format!("--{flag}"));
+                out.push(v);
+            }
+        };
+        push(
+            "round-duration",
+            self.round_duration.map(|d| format!("{}ms", d.as_millis())),
+        );
+        push(
+            "allowed-average-deviation-percent",
+            self.allowed_average_deviation_percent
+                .map(|v| v.to_string()),
+        );
+        push(
+            "shed-percentage",
+            self.shed_percentage.map(|v| v.to_string()),
+        );
+        push(
+            "max-shed-count",
+            self.max_shed_count
+                .map(|v| v.map_or("none".into(), |n| n.to_string())),
+        );
+        push("min-shed-count", self.min_shed_count.map(|v| v.to_string()));
+        push(
+            "stop-band-percent",
+            self.stop_band_percent.map(|v| v.to_string()),
+        );
+        push("abs-tolerance", self.abs_tolerance.map(|v| v.to_string()));
+        push(
+            "max-shed-fraction",
+            self.max_shed_fraction
+                .map(|v| v.map_or("none".into(), |n| n.to_string())),
+        );
+        push("settle-rounds", self.settle_rounds.map(|v| v.to_string()));
+        push("pacing-window", self.pacing_window.map(|v| v.to_string()));
+        push(
+            "pacing-max-batches",
+            self.pacing_max_batches.map(|v| v.to_string()),
+        );
+        push(
+            "admission",
+            self.admission
+                .map(|v| if v { "on".into() } else { "off".into() }),
+        );
+        push("weight", self.weight.map(|v| v.to_string()));
+        if self.dry_run {
+            out.push("--dry-run".into());
+        }
+        out
+    }
+}
+
 fn parse_strategy(s: &str) -> Result<Strategy, String> {
     s.parse().map_err(|e: clb_core::ConfigError| e.to_string())
 }

@@ -19,6 +19,9 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// The main job: a real local cluster, a rolling restart, a live view of
+    /// the balancer evening it out.
+    Demo(cmd::demo::DemoArgs),
     /// Run one real cluster node: a WebSocket server, the balancer, gossip,
     /// and /metrics, /status, /health/ready over HTTP.
     Node(cmd::node::NodeArgs),
@@ -29,6 +32,7 @@ enum Command {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Demo(args) => cmd::demo::run(args),
         Command::Node(args) => cmd::node::run(args),
         Command::Simulate(args) => cmd::simulate::run(args),
     }

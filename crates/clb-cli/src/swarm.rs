@@ -90,6 +90,11 @@ impl Swarm {
         &self.stats
     }
 
+    /// The live counters, shareable with other tasks.
+    pub fn stats_handle(&self) -> Arc<SwarmStats> {
+        Arc::clone(&self.stats)
+    }
+
     /// Disconnects every client and waits for them.
     pub async fn stop(mut self) {
         let _ = self.stop_tx.send(true);
