@@ -22,7 +22,7 @@
 
 mod engine;
 mod lb;
-mod metrics;
+pub mod metrics;
 mod scenario;
 
 use clb_core::{Config, ConfigError};

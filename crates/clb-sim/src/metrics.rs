@@ -1,4 +1,5 @@
-//! The SPEC §6 figures of merit, computed from the recorded rounds.
+//! The SPEC §6 figures of merit. The simulator computes them from its
+//! recorded rounds; `clb demo` computes the same ones from a live cluster.
 
 use crate::{RoundRecord, SimReport};
 
@@ -29,7 +30,7 @@ pub(crate) fn converged_round(
 }
 
 /// The original's sense of balanced: `max <= avg * (1 + dev / 100)`.
-pub(crate) fn within_classic(counts: &[u64], dev_percent: f64) -> bool {
+pub fn within_classic(counts: &[u64], dev_percent: f64) -> bool {
     let Some(&max) = counts.iter().max() else {
         return true;
     };
@@ -39,7 +40,7 @@ pub(crate) fn within_classic(counts: &[u64], dev_percent: f64) -> bool {
 
 /// Every node within `percent`% of its (equal-weight) target, or within
 /// `abs_tolerance`, whichever is larger. Two-sided.
-pub(crate) fn within_band(counts: &[u64], percent: f64, abs_tolerance: u64) -> bool {
+pub fn within_band(counts: &[u64], percent: f64, abs_tolerance: u64) -> bool {
     if counts.is_empty() {
         return true;
     }
@@ -49,7 +50,7 @@ pub(crate) fn within_band(counts: &[u64], percent: f64, abs_tolerance: u64) -> b
 }
 
 /// The fewest moves that balance `counts`: the sum of excesses over target.
-pub(crate) fn ideal_shed(counts: &[u64]) -> u64 {
+pub fn ideal_shed(counts: &[u64]) -> u64 {
     if counts.is_empty() {
         return 0;
     }
@@ -70,12 +71,28 @@ pub(crate) fn peak_node_shed_fraction(records: &[RoundRecord]) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// `total_shed / ideal_shed` to three decimals (stable, readable JSON);
+/// `None` when there was nothing to balance.
+pub fn churn_ratio(total_shed: u64, ideal_shed: u64) -> Option<f64> {
+    (ideal_shed > 0).then(|| (total_shed as f64 / ideal_shed as f64 * 1000.0).round() / 1000.0)
+}
+
+/// The largest `|count - target| / target` over nodes, in percent, with
+/// equal weights.
+pub fn max_deviation_percent(counts: &[u64]) -> f64 {
+    let target = counts.iter().sum::<u64>() as f64 / counts.len().max(1) as f64;
+    if target <= 0.0 {
+        return 0.0;
+    }
+    counts
+        .iter()
+        .map(|&c| (c as f64 - target).abs() / target * 100.0)
+        .fold(0.0, f64::max)
+}
+
 impl SimReport {
     pub(crate) fn with_churn(mut self) -> Self {
-        self.churn_ratio = (self.ideal_shed > 0).then(|| {
-            // Three decimals keep the JSON stable and readable.
-            (self.total_shed as f64 / self.ideal_shed as f64 * 1000.0).round() / 1000.0
-        });
+        self.churn_ratio = churn_ratio(self.total_shed, self.ideal_shed);
         self
     }
 }
@@ -121,5 +138,13 @@ mod tests {
     fn ideal_shed_is_the_sum_of_excesses() {
         assert_eq!(ideal_shed(&[300, 100, 200]), 100);
         assert_eq!(ideal_shed(&[5]), 0);
+    }
+
+    #[test]
+    fn churn_and_deviation() {
+        assert_eq!(churn_ratio(3, 2), Some(1.5));
+        assert_eq!(churn_ratio(3, 0), None);
+        assert_eq!(max_deviation_percent(&[110, 90, 100]), 10.0);
+        assert_eq!(max_deviation_percent(&[0, 0]), 0.0);
     }
 }

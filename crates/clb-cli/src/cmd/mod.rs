@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+mod chart;
 pub mod demo;
 pub mod node;
 pub mod simulate;

@@ -20,6 +20,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use clb::core::Strategy;
+use clb_sim::metrics;
 use serde_json::json;
 use tokio::time::{Instant, sleep};
 
@@ -256,7 +257,7 @@ async fn demo(args: &DemoArgs, config: &clb::Config) -> anyhow::Result<()> {
         .map(|n| n.count.unwrap_or(0))
         .collect();
     let total_shed = total_shed(&end).saturating_sub(total_shed(&at_restart_done));
-    let ideal_shed = ideal(&start_counts);
+    let ideal_shed = metrics::ideal_shed(&start_counts);
     let rounds = seconds_to_balance.map(|s| (s / round.as_secs_f64()).ceil() as u64);
     let swarm_stats = swarm.stats();
     let summary = json!({
@@ -268,9 +269,9 @@ async fn demo(args: &DemoArgs, config: &clb::Config) -> anyhow::Result<()> {
         "seconds_to_balance": seconds_to_balance.map(|s| (s * 10.0).round() / 10.0),
         "total_shed": total_shed,
         "ideal_shed": ideal_shed,
-        "churn_ratio": (ideal_shed > 0).then(|| ((total_shed as f64 / ideal_shed as f64) * 1000.0).round() / 1000.0),
+        "churn_ratio": metrics::churn_ratio(total_shed, ideal_shed),
         "final_counts": final_counts,
-        "max_deviation_percent": (max_deviation(&final_counts) * 10.0).round() / 10.0,
+        "max_deviation_percent": (metrics::max_deviation_percent(&final_counts) * 10.0).round() / 10.0,
         "strategy": config.strategy.as_str(),
         "round_duration_ms": round.as_millis() as u64,
         "balanced": settled,
@@ -316,27 +317,6 @@ fn total_shed(s: &Sample) -> u64 {
     s.nodes.iter().filter_map(|n| n.shed_total).sum()
 }
 
-fn ideal(counts: &[u64]) -> u64 {
-    let target = counts.iter().sum::<u64>() as f64 / counts.len().max(1) as f64;
-    counts
-        .iter()
-        .map(|&c| (c as f64 - target).max(0.0))
-        .sum::<f64>()
-        .round() as u64
-}
-
-/// Largest `|count - target| / target`, in percent.
-fn max_deviation(counts: &[u64]) -> f64 {
-    let target = counts.iter().sum::<u64>() as f64 / counts.len().max(1) as f64;
-    if target <= 0.0 {
-        return 0.0;
-    }
-    counts
-        .iter()
-        .map(|&c| (c as f64 - target).abs() / target * 100.0)
-        .fold(0.0, f64::max)
-}
-
 /// Whether the strategy is content with the cluster: no node above the
 /// average by more than the allowed deviation (classic), or no node in an
 /// active rebalance (proportional: every node inside the band it stops at).
@@ -347,9 +327,7 @@ fn content(s: &Sample, config: &clb::Config) -> bool {
     }
     match config.strategy {
         Strategy::Classic => {
-            let avg = counts.iter().sum::<u64>() as f64 / counts.len().max(1) as f64;
-            let limit = avg * (1.0 + config.allowed_average_deviation_percent / 100.0);
-            counts.iter().all(|&c| c as f64 <= limit)
+            metrics::within_classic(&counts, config.allowed_average_deviation_percent)
         }
         _ => s.nodes.iter().all(|n| !n.rebalancing),
     }

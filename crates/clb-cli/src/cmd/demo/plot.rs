@@ -7,6 +7,8 @@ use anyhow::Context;
 use clb::core::Strategy;
 use plotters::prelude::*;
 
+use crate::cmd::chart;
+
 use super::monitor::Sample;
 
 pub fn write(
@@ -17,7 +19,7 @@ pub fn write(
     strategy: Strategy,
 ) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (960, 480)).into_drawing_area();
-    root.fill(&WHITE).map_err(err)?;
+    root.fill(&WHITE).map_err(chart::err)?;
     let t_max = history.last().map_or(1.0, |s| s.t).max(1.0);
     let y_max = history
         .iter()
@@ -38,7 +40,7 @@ pub fn write(
         .x_label_area_size(36)
         .y_label_area_size(60)
         .build_cartesian_2d(0f64..t_max, 0f64..y_max)
-        .map_err(err)?;
+        .map_err(chart::err)?;
     chart
         .configure_mesh()
         .x_desc("seconds since the clients started")
@@ -46,7 +48,7 @@ pub fn write(
         .y_label_formatter(&|y| format!("{y:.0}"))
         .light_line_style(WHITE.mix(0.0))
         .draw()
-        .map_err(err)?;
+        .map_err(chart::err)?;
     for (t, label) in marks {
         let color = if label.starts_with("restart ") && label != "restart done" {
             BLACK.mix(0.25)
@@ -58,7 +60,7 @@ pub fn write(
                 [(*t, 0.0), (*t, y_max)],
                 color.stroke_width(1),
             ))
-            .map_err(err)?;
+            .map_err(chart::err)?;
         chart
             .draw_series(std::iter::once(Text::new(
                 label.clone(),
@@ -67,7 +69,7 @@ pub fn write(
                     .into_font()
                     .transform(FontTransform::Rotate90),
             )))
-            .map_err(err)?;
+            .map_err(chart::err)?;
     }
     for (i, id) in ids.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
@@ -86,27 +88,15 @@ pub fn write(
         for (k, run) in runs.into_iter().filter(|r| !r.is_empty()).enumerate() {
             let series = chart
                 .draw_series(LineSeries::new(run, color.stroke_width(2)))
-                .map_err(err)?;
+                .map_err(chart::err)?;
             if k == 0 {
-                series.label(id.clone()).legend(move |(x, y)| {
-                    PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2))
-                });
+                series.label(id.clone()).legend(chart::swatch(color, 2));
             }
         }
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK.mix(0.3))
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()
-        .map_err(err)?;
+    chart::legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
     root.present()
-        .map_err(err)
+        .map_err(chart::err)
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
-}
-
-fn err<E: std::error::Error + Send + Sync + 'static>(e: DrawingAreaErrorKind<E>) -> anyhow::Error {
-    anyhow::anyhow!("drawing the chart: {e}")
 }

@@ -6,6 +6,8 @@ use anyhow::Context;
 use clb_sim::SimReport;
 use plotters::prelude::*;
 
+use crate::cmd::chart;
+
 /// Above this many nodes, draw the spread (min, mean, max) instead of a line
 /// per node.
 const MAX_LINES: usize = 12;
@@ -15,7 +17,7 @@ const MAX_LINES: usize = 12;
 pub fn write(path: &Path, panels: &[(&SimReport, &str)]) -> anyhow::Result<()> {
     let width = 640 * panels.len() as u32;
     let root = SVGBackend::new(path, (width, 420)).into_drawing_area();
-    root.fill(&WHITE).map_err(plot_err)?;
+    root.fill(&WHITE).map_err(chart::err)?;
     let areas = root.split_evenly((1, panels.len()));
     let y_max = panels
         .iter()
@@ -34,7 +36,7 @@ pub fn write(path: &Path, panels: &[(&SimReport, &str)]) -> anyhow::Result<()> {
         draw(area, report, title, y_max)?;
     }
     root.present()
-        .map_err(plot_err)
+        .map_err(chart::err)
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
@@ -82,7 +84,7 @@ fn draw(
         .x_label_area_size(34)
         .y_label_area_size(56)
         .build_cartesian_2d(x_range.start..x_range.end, 0f64..y_max)
-        .map_err(plot_err)?;
+        .map_err(chart::err)?;
     chart
         .configure_mesh()
         .x_desc(if warm > 0 {
@@ -94,7 +96,7 @@ fn draw(
         .y_label_formatter(&|y| format!("{y:.0}"))
         .light_line_style(WHITE.mix(0.0))
         .draw()
-        .map_err(plot_err)?;
+        .map_err(chart::err)?;
 
     let mean = r.clients as f64 / r.nodes as f64;
     for (band, shade, name) in [(0.05, 0.45, "target ±5%"), (0.10, 0.2, "target ±10%")] {
@@ -107,12 +109,12 @@ fn draw(
         };
         chart
             .draw_series(line(mean * (1.0 - band)))
-            .map_err(plot_err)?;
+            .map_err(chart::err)?;
         chart
             .draw_series(line(mean * (1.0 + band)))
-            .map_err(plot_err)?
+            .map_err(chart::err)?
             .label(name)
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color));
+            .legend(chart::swatch(color, 1));
     }
     if warm > 0 {
         let color = BLUE.mix(0.35);
@@ -121,9 +123,9 @@ fn draw(
                 [(1, 0.0), (1, y_max)],
                 color.stroke_width(3),
             ))
-            .map_err(plot_err)?
+            .map_err(chart::err)?
             .label("round 1: last node back")
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color.stroke_width(3)));
+            .legend(chart::swatch(color, 3));
     }
 
     if r.nodes <= MAX_LINES {
@@ -134,11 +136,9 @@ fn draw(
                     points.iter().map(|(x, c)| (*x, c[node] as f64)),
                     color.stroke_width(2),
                 ))
-                .map_err(plot_err)?
+                .map_err(chart::err)?
                 .label(format!("node {node}"))
-                .legend(move |(x, y)| {
-                    PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2))
-                });
+                .legend(chart::swatch(color.to_rgba(), 2));
         }
     } else {
         type Line = (&'static str, fn(&[u64]) -> f64, RGBColor);
@@ -152,25 +152,11 @@ fn draw(
                     points.iter().map(|(x, c)| (*x, f(c))),
                     color.stroke_width(2),
                 ))
-                .map_err(plot_err)?
+                .map_err(chart::err)?
                 .label(format!("{name} of {} nodes", r.nodes))
-                .legend(move |(x, y)| {
-                    PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2))
-                });
+                .legend(chart::swatch(color.to_rgba(), 2));
         }
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK.mix(0.3))
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(plot_err)?;
+    chart::legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     Ok(())
-}
-
-fn plot_err<E: std::error::Error + Send + Sync + 'static>(
-    e: DrawingAreaErrorKind<E>,
-) -> anyhow::Error {
-    anyhow::anyhow!("drawing the chart: {e}")
 }
