@@ -13,50 +13,50 @@ pub struct ConfigArgs {
     /// original, exactly).
     #[arg(long, default_value = "proportional", value_parser = parse_strategy)]
     pub strategy: Strategy,
-    /// Time between two decisions, e.g. 10s, 500ms [preset: 10s].
+    /// Time between two decisions, e.g. 10s, 500ms (default: 10s; in the demo, 1s).
     #[arg(long, value_parser = parse_duration)]
     pub round_duration: Option<Duration>,
-    /// How far above average/target a node may be, in percent [25].
+    /// How far above average/target a node may be, in percent (default: 25).
     #[arg(long)]
     pub allowed_average_deviation_percent: Option<f64>,
-    /// Share of the excess shed in one round, in percent [100; classic 50].
+    /// Share of the excess shed in one round, in percent (default: 100; classic 50).
     #[arg(long)]
     pub shed_percentage: Option<f64>,
     /// Most shed by one node in one round; "none" for no absolute cap
-    /// [none; classic 100].
+    /// (default: none; classic 100).
     #[arg(long, value_parser = parse_opt_u64)]
     pub max_shed_count: Option<Option<u64>>,
-    /// Smallest amount worth shedding [1; classic 10].
+    /// Smallest amount worth shedding (default: 1; classic 10).
     #[arg(long)]
     pub min_shed_count: Option<u64>,
-    /// Proportional: rebalance until every node is this close to target, percent [5].
+    /// Proportional: rebalance until every node is this close to target, percent (default: 5).
     #[arg(long)]
     pub stop_band_percent: Option<f64>,
-    /// Proportional: absolute floor under both bands, in resources [2].
+    /// Proportional: absolute floor under both bands, in resources (default: 2).
     #[arg(long)]
     pub abs_tolerance: Option<u64>,
     /// Hard cap per round as a share of the node's count; "none" to turn off
-    /// [classic: none, else 0.1].
+    /// (default: classic: none, else 0.1).
     #[arg(long, value_parser = parse_opt_f64)]
     pub max_shed_fraction: Option<Option<f64>>,
-    /// Rounds to hold shedding after a membership change [classic: 0, else 2].
+    /// Rounds to hold shedding after a membership change (default: classic: 0, else 2).
     #[arg(long)]
     pub settle_rounds: Option<u32>,
     /// Spread a shed over this share of a round; 0 = all at once
-    /// [classic: 0, else 0.5].
+    /// (default: classic: 0, else 0.5).
     #[arg(long)]
     pub pacing_window: Option<f64>,
-    /// Most batches one shed is split into [10].
+    /// Most batches one shed is split into (default: 10).
     #[arg(long)]
     pub pacing_max_batches: Option<u32>,
     /// Admission control: refuse new resources while above target in an
-    /// active rebalance (proportional), on or off [classic: off, else on].
+    /// active rebalance (proportional), on or off (default: classic: off, else on).
     #[arg(long, value_parser = parse_on_off)]
     pub admission: Option<bool>,
     /// Decide and report, shed nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// This node's capacity relative to the others [1].
+    /// This node's capacity relative to the others (default: 1).
     #[arg(long)]
     pub weight: Option<f64>,
 }

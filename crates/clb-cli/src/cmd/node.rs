@@ -48,7 +48,7 @@ pub struct NodeArgs {
     #[arg(long, default_value = "127.0.0.1:9090")]
     http_listen: SocketAddr,
     /// The URL clients should use for this node, advertised for steered
-    /// reconnects [ws://<ws-listen>/ws].
+    /// reconnects (default: `ws://<ws-listen>/ws`).
     #[arg(long)]
     advertise_url: Option<String>,
     /// Name of the balanced resource; nodes balance per namespace.
@@ -69,7 +69,7 @@ pub struct NodeArgs {
     /// Time between gossip rounds.
     #[arg(long, default_value = "250ms", value_parser = parse_duration)]
     gossip_interval: Duration,
-    /// Incarnation number, larger after every restart [start time in ms].
+    /// Incarnation number, larger after every restart (default: start time in ms).
     #[arg(long)]
     generation: Option<u64>,
     #[command(flatten)]

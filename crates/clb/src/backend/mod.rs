@@ -65,4 +65,7 @@ pub enum BackendError {
     /// The backend has been shut down.
     #[error("backend is shut down")]
     Closed,
+    /// The backend's configuration is invalid; it did not start.
+    #[error(transparent)]
+    Config(#[from] clb_core::ConfigError),
 }

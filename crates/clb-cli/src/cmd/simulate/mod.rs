@@ -41,14 +41,14 @@ pub struct SimulateArgs {
     /// Share of clients that honour a steered-reconnect hint, 0 to 1.
     #[arg(long, default_value_t = 0.0)]
     hint_followers: f64,
-    /// Balancing rounds to simulate [100; with --compare, per scenario].
+    /// Balancing rounds to simulate (default: 100; with --compare, per scenario).
     #[arg(long)]
     rounds: Option<u32>,
     /// Seed for every random choice.
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Run this many seeds (seed, seed+1, ...) and summarise them
-    /// [1; with --compare, 20].
+    /// (default: 1; with --compare, 20).
     #[arg(long)]
     runs: Option<u32>,
     /// Run `classic` (its preset, untouched) against the configured strategy

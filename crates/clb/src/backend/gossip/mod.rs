@@ -137,9 +137,7 @@ impl std::fmt::Debug for GossipBackend {
 impl GossipBackend {
     /// Binds the UDP socket and starts gossiping.
     pub async fn start(config: GossipConfig) -> Result<Self, BackendError> {
-        config
-            .validate()
-            .map_err(|e| BackendError::Unreachable(e.to_string()))?;
+        config.validate()?;
         let self_id = ChitchatId::new(
             config.node_id.as_str(),
             config.generation,
