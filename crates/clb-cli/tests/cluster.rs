@@ -3,7 +3,7 @@
 //! servers and clients. Every wait has a deadline; every process is killed
 //! when its guard drops.
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -32,17 +32,11 @@ impl Drop for Node {
 }
 
 fn free_tcp() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    probe::free_tcp().unwrap()
 }
 
 fn free_udp() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    probe::free_udp().unwrap()
 }
 
 struct Spec<'a> {

@@ -119,12 +119,12 @@ impl<R: Resource, B: ClusterBackend> Worker<R, B> {
                 res = join_opt(count_task.as_mut()) => {
                     count_task = None;
                     let now = self.now();
-                    self.core.handle_count(now, self.check("count", res).map_err(|()| CountFailed));
+                    self.core.handle_count(now, self.check("count", self.timeouts.count, res).map_err(|()| CountFailed));
                 }
                 res = join_opt(shed_task.as_mut()) => {
                     shed_task = None;
                     let now = self.now();
-                    self.core.handle_shed_done(now, self.check("shed", res).map_err(|()| ShedFailed));
+                    self.core.handle_shed_done(now, self.check("shed", self.timeouts.shed, res).map_err(|()| ShedFailed));
                 }
                 _ = sleep_until_opt(deadline) => {
                     let now = self.now();
@@ -173,18 +173,11 @@ impl<R: Resource, B: ClusterBackend> Worker<R, B> {
     }
 
     /// Flattens a guarded call's result, logging and counting the failure.
-    fn check<T>(&self, call: &'static str, res: CallResult<T>) -> Result<T, ()> {
+    fn check<T>(&self, call: &'static str, limit: Duration, res: CallResult<T>) -> Result<T, ()> {
         let failure = match res {
             Ok(Ok(Ok(value))) => return Ok(value),
             Ok(Ok(Err(e))) => format!("failed: {e}"),
-            Ok(Err(_)) => {
-                let limit = if call == "count" {
-                    self.timeouts.count
-                } else {
-                    self.timeouts.shed
-                };
-                format!("timed out after {limit:?}")
-            }
+            Ok(Err(_)) => format!("timed out after {limit:?}"),
             Err(e) if e.is_panic() => "panicked".to_owned(),
             Err(_) => "was cancelled".to_owned(),
         };

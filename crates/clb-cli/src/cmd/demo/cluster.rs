@@ -1,7 +1,7 @@
 //! The demo's node processes: started, restarted and stopped, and never left
 //! behind (every child is killed when its handle drops, panics included).
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -9,6 +9,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+
+use crate::probe::{free_tcp, free_udp};
 
 /// One `clb node` process slot: fixed addresses, a child when running.
 pub struct NodeProc {
@@ -27,14 +29,6 @@ pub struct Cluster {
     exe: PathBuf,
     node_args: Vec<String>,
     pub log_dir: PathBuf,
-}
-
-fn free_tcp() -> anyhow::Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
-
-fn free_udp() -> anyhow::Result<SocketAddr> {
-    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?)
 }
 
 impl Cluster {
