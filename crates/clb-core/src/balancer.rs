@@ -4,9 +4,10 @@ use std::collections::VecDeque;
 
 use rand_core::Rng;
 
-use crate::config::{Config, ConfigError, validate_node_id};
+use crate::config::{Config, ConfigError, validate_address, validate_node_id};
 use crate::event::{Event, HoldReason, MemberCount, RoundEvent, RoundOutcome};
-use crate::report::{ClusterView, NodeId, Report, TieBreaker};
+use crate::member::{MemberRecord, MemberTable};
+use crate::report::{NodeId, Report, TieBreaker, unit_f64};
 use crate::round::{DiscardReason, Round, collect};
 use crate::safety::{Settle, ShedPlan, hard_cap};
 use crate::strategy::{self, Deficit};
@@ -21,12 +22,14 @@ pub enum Action {
     /// Read this node's resource count and answer with
     /// [`Balancer::handle_count`].
     ReadCount,
-    /// Publish this report to the backend (fire and forget: a failed publish
-    /// shows up to others as a stale report).
+    /// Publish this report to the backend: store
+    /// [`wire::encode(&report)`](crate::wire::encode) as this node's value
+    /// (fire and forget: a failed publish shows up to others as a stale
+    /// report).
     Publish(Report),
-    /// Fetch the live members and reports of the namespace and answer with
-    /// [`Balancer::handle_view`]. Always comes after the `Publish` of the
-    /// same tick.
+    /// Fetch the namespace's members as the backend holds them and answer
+    /// with [`Balancer::handle_view`]. Always comes after the `Publish` of
+    /// the same tick.
     FetchView,
     /// Shed this many resources and answer with [`Balancer::handle_shed_done`].
     Shed {
@@ -79,7 +82,7 @@ pub struct ShedFailed;
 /// failure answer), or the balancer waits forever for it.
 ///
 /// ```
-/// use clb_core::{Action, Balancer, ClusterView, Config, Millis};
+/// use clb_core::{Action, Balancer, Config, Millis};
 /// use rand_chacha::{ChaCha8Rng, rand_core::SeedableRng};
 ///
 /// let mut b = Balancer::new("a".into(), Config::classic(), Millis(0), ChaCha8Rng::seed_from_u64(1))?;
@@ -121,6 +124,11 @@ pub struct Balancer<R> {
     accept_up_to: Option<u64>,
     /// Steering candidates from the last complete round.
     deficits: Vec<Deficit>,
+    /// Addresses to name in refusals until the next round, drawn in
+    /// proportion to the deficits.
+    refusal_hints: Vec<String>,
+    /// Decodes and deduplicates what the backend holds.
+    members: MemberTable,
     /// The last count read, for [`Balancer::accepting`].
     last_count: u64,
 
@@ -157,6 +165,8 @@ impl<R: Rng> Balancer<R> {
             rebalancing: false,
             accept_up_to: None,
             deficits: Vec::new(),
+            refusal_hints: Vec::new(),
+            members: MemberTable::new(),
             last_count: 0,
             actions: VecDeque::new(),
             events: VecDeque::new(),
@@ -164,9 +174,14 @@ impl<R: Rng> Balancer<R> {
     }
 
     /// Sets the address this node's clients connect to, advertised in every
-    /// report from the next publish on.
-    pub fn set_address(&mut self, address: Option<String>) {
+    /// report from the next publish on. Refused (and nothing changed) if it
+    /// does not fit [`validate_address`].
+    pub fn set_address(&mut self, address: Option<String>) -> Result<(), ConfigError> {
+        if let Some(a) = &address {
+            validate_address(a)?;
+        }
         self.address = address;
+        Ok(())
     }
 
     /// Replaces the tie breaker (tests and the simulator's explicit inputs).
@@ -221,6 +236,31 @@ impl<R: Rng> Balancer<R> {
     /// where to steer new or shed clients, weighted by deficit.
     pub fn deficits(&self) -> &[Deficit] {
         &self.deficits
+    }
+
+    /// Addresses of under-target members to name when refusing a new
+    /// resource (the 503's hint), drawn with this balancer's RNG in
+    /// proportion to each member's room, until the next round. Use them in
+    /// turn; empty when there is nowhere to steer.
+    pub fn refusal_hints(&self) -> &[String] {
+        &self.refusal_hints
+    }
+
+    /// Node ids that two live processes have been publishing under for two
+    /// rounds or more: a configuration error to report loudly. Rounds are
+    /// discarded from the first view that shows it.
+    pub fn duplicate_ids(&self, now: Millis) -> impl Iterator<Item = &NodeId> + '_ {
+        self.members
+            .duplicate_ids(now, self.config.round_duration * 2)
+    }
+
+    /// Whether another live process publishes under this node's own id (see
+    /// [`duplicate_ids`](Self::duplicate_ids)).
+    pub fn own_id_duplicated(&self, now: Millis) -> bool {
+        let me = &self.node;
+        self.members
+            .duplicate_ids(now, self.config.round_duration * 2)
+            .any(|n| n == me)
     }
 
     /// What is still planned to be shed in this round.
@@ -296,12 +336,15 @@ impl<R: Rng> Balancer<R> {
         }
     }
 
-    /// The answer to [`Action::FetchView`]: decides the round.
-    pub fn handle_view(&mut self, now: Millis, view: Result<&ClusterView, ViewFailed>) {
+    /// The answer to [`Action::FetchView`]: what the backend holds for the
+    /// namespace, raw. Assembles the view and decides the round.
+    pub fn handle_view(&mut self, now: Millis, records: Result<&[MemberRecord], ViewFailed>) {
         if !self.view_outstanding {
             return;
         }
         self.view_outstanding = false;
+        let view = records.map(|r| self.members.assemble(now, r, self.config.round_duration));
+        let view = view.as_ref();
         let Some(own) = self.round_report.take() else {
             if let Ok(view) = view {
                 let mut ids: Vec<&NodeId> = view.members.iter().map(|m| &m.node).collect();
@@ -315,7 +358,7 @@ impl<R: Rng> Balancer<R> {
         };
         let view = match view {
             Ok(view) => view,
-            Err(ViewFailed) => {
+            Err(&ViewFailed) => {
                 let outcome = RoundOutcome::Discarded {
                     reason: DiscardReason::BackendFailed,
                 };
@@ -418,6 +461,7 @@ impl<R: Rng> Balancer<R> {
             decision.accept_up_to
         };
         self.deficits = decision.deficits;
+        self.draw_refusal_hints();
         let own_count = round.me().count;
         let amount = hard_cap(decision.amount, own_count, self.config.max_shed_fraction);
         let outcome = if amount == 0 {
@@ -454,6 +498,32 @@ impl<R: Rng> Balancer<R> {
         );
     }
 
+    /// How many refusal hints are drawn per round: enough that consecutive
+    /// refusals spread over the deficits as they should.
+    const REFUSAL_HINTS: usize = 16;
+
+    fn draw_refusal_hints(&mut self) {
+        self.refusal_hints.clear();
+        let total: f64 = self.deficits.iter().map(|d| d.deficit).sum();
+        if total <= 0.0 {
+            return;
+        }
+        for _ in 0..Self::REFUSAL_HINTS {
+            let mut x = unit_f64(&mut self.rng) * total;
+            let mut pick = self.deficits.last();
+            for d in &self.deficits {
+                if x < d.deficit {
+                    pick = Some(d);
+                    break;
+                }
+                x -= d.deficit;
+            }
+            if let Some(d) = pick {
+                self.refusal_hints.push(d.address.clone());
+            }
+        }
+    }
+
     fn end_round(
         &mut self,
         now: Millis,
@@ -467,6 +537,7 @@ impl<R: Rng> Balancer<R> {
             // No complete picture: fail open rather than refuse on stale data.
             self.accept_up_to = None;
             self.deficits.clear();
+            self.refusal_hints.clear();
         }
         // A new round replaces whatever the last one planned: "stop" stops.
         self.plan.cancel();
@@ -541,7 +612,6 @@ mod tests {
     use rand_core::SeedableRng;
 
     use super::*;
-    use crate::report::MemberView;
 
     const ROUND_MS: u64 = 1000;
 
@@ -559,25 +629,22 @@ mod tests {
         .unwrap()
     }
 
-    fn view(others: &[(&str, u64, u64)]) -> ClusterView {
-        ClusterView {
-            members: others
-                .iter()
-                .map(|&(id, count, age_ms)| MemberView {
+    fn view(others: &[(&str, u64, u64)]) -> Vec<MemberRecord> {
+        others
+            .iter()
+            .map(|&(id, count, age_ms)| {
+                let report = Report {
                     node: id.into(),
-                    report: Some(Report {
-                        node: id.into(),
-                        count,
-                        tie_breaker: TieBreaker::new(0.5),
-                        weight: 1.0,
-                        address: None,
-                        seq: 1,
-                        rebalancing: false,
-                    }),
-                    age: Duration::from_millis(age_ms),
-                })
-                .collect(),
-        }
+                    count,
+                    tie_breaker: TieBreaker::new(0.5),
+                    weight: 1.0,
+                    address: None,
+                    seq: 1,
+                    rebalancing: false,
+                };
+                MemberRecord::from_report(&report, Duration::from_millis(age_ms))
+            })
+            .collect()
     }
 
     /// Answers every action at `now` with `count` and `view`; returns the
@@ -586,7 +653,7 @@ mod tests {
         b: &mut Balancer<ChaCha8Rng>,
         now: Millis,
         count: Result<u64, CountFailed>,
-        view: &ClusterView,
+        view: &[MemberRecord],
     ) -> (Vec<Action>, Vec<RoundOutcome>) {
         b.handle_timeout(now);
         let mut seen = Vec::new();
@@ -641,7 +708,7 @@ mod tests {
             Some(Action::FetchView),
             "the start baseline"
         );
-        b.handle_view(Millis(0), Ok(&view(&[("b", 0, 0)])));
+        b.handle_view(Millis(0), Ok(&view(&[("b", 0, 0)])[..]));
         b.handle_timeout(Millis(750));
         assert_eq!(b.poll_action(), Some(Action::ReadCount));
         b.handle_timeout(Millis(1000));
@@ -656,7 +723,7 @@ mod tests {
         b.handle_count(Millis(1002), Ok(100));
         assert!(matches!(b.poll_action(), Some(Action::Publish(r)) if r.count == 100));
         assert_eq!(b.poll_action(), Some(Action::FetchView));
-        b.handle_view(Millis(1003), Ok(&view(&[("b", 0, 0)])));
+        b.handle_view(Millis(1003), Ok(&view(&[("b", 0, 0)])[..]));
         assert_eq!(
             b.poll_action(),
             Some(Action::Shed {
@@ -741,7 +808,7 @@ mod tests {
         });
         let two = view(&[("b", 0, 0)]);
         let three = view(&[("b", 0, 0), ("c", 0, 0)]);
-        let outcome = |b: &mut Balancer<_>, t: u64, v: &ClusterView| {
+        let outcome = |b: &mut Balancer<_>, t: u64, v: &[MemberRecord]| {
             drive(b, Millis(t), Ok(100), v).1.remove(0)
         };
         // The first round sets the baseline: nothing to settle.
@@ -784,7 +851,7 @@ mod tests {
         b.handle_count(Millis(0), Ok(100));
         assert!(matches!(b.poll_action(), Some(Action::Publish(_))));
         assert_eq!(b.poll_action(), Some(Action::FetchView));
-        b.handle_view(Millis(0), Ok(&view(&[("b", 0, 0)])));
+        b.handle_view(Millis(0), Ok(&view(&[("b", 0, 0)])[..]));
         // By the first round a third member has joined: hold.
         let (_, outcomes) = drive(
             &mut b,
@@ -874,12 +941,78 @@ mod tests {
         b.handle_count(Millis(2000), Ok(0));
         assert!(matches!(b.poll_action(), Some(Action::Publish(_))));
         assert_eq!(b.poll_action(), Some(Action::FetchView));
-        b.handle_view(Millis(2000), Ok(&v));
+        b.handle_view(Millis(2000), Ok(&v[..]));
         assert_eq!(b.planned(), first, "only the outstanding batch is left");
         b.handle_shed_done(Millis(2001), Ok(first));
         b.handle_timeout(Millis(2500));
         assert!(std::iter::from_fn(|| b.poll_action()).all(|a| !matches!(a, Action::Shed { .. })));
         assert_eq!(b.planned(), 0);
+    }
+
+    #[test]
+    fn two_live_processes_with_one_id_discard_every_round_and_are_reported() {
+        let mut b = balancer(Config::classic());
+        let twins = |id: &str| {
+            let mut records = view(&[(id, 0, 0), (id, 81, 100)]);
+            records[0].incarnation = 1;
+            records[1].incarnation = 2;
+            records
+        };
+        let mut records = twins("b");
+        records.extend(view(&[("c", 0, 0)]));
+        for t in [1000, 2000, 3000] {
+            let (actions, outcomes) = drive(&mut b, Millis(t), Ok(100), &records);
+            assert_eq!(
+                outcomes,
+                [RoundOutcome::Discarded {
+                    reason: DiscardReason::DuplicateNode { node: "b".into() }
+                }],
+                "t = {t}"
+            );
+            assert!(!actions.iter().any(|a| matches!(a, Action::Shed { .. })));
+        }
+        let ids: Vec<&NodeId> = b.duplicate_ids(Millis(3000)).collect();
+        assert_eq!(ids, [&NodeId::from("b")]);
+        assert!(!b.own_id_duplicated(Millis(3000)));
+
+        // Another process holds this node's own id: reported as such.
+        let mut b = balancer(Config::classic());
+        for t in [1000, 2000, 3000] {
+            drive(&mut b, Millis(t), Ok(100), &twins("me"));
+        }
+        assert!(b.own_id_duplicated(Millis(3000)));
+    }
+
+    #[test]
+    fn refusal_hints_name_under_target_members_in_proportion_to_their_room() {
+        let mut b = balancer(Config {
+            pacing_window: 0.0,
+            settle_rounds: 0,
+            ..Config::proportional()
+        });
+        let with_address = |id: &str, count: u64| {
+            let report = Report {
+                node: id.into(),
+                count,
+                tie_breaker: TieBreaker::new(0.5),
+                weight: 1.0,
+                address: Some(format!("{id}:1")),
+                seq: 1,
+                rebalancing: false,
+            };
+            MemberRecord::from_report(&report, Duration::ZERO)
+        };
+        // Targets 400: b has room for 400, c for 100 (fill levels aside).
+        let records = [with_address("b", 0), with_address("c", 300)];
+        drive(&mut b, Millis(1000), Ok(900), &records);
+        let hints = b.refusal_hints();
+        assert_eq!(hints.len(), Balancer::<ChaCha8Rng>::REFUSAL_HINTS);
+        let to_b = hints.iter().filter(|h| *h == "b:1").count();
+        assert!(hints.iter().all(|h| h == "b:1" || h == "c:1"), "{hints:?}");
+        assert!(to_b >= hints.len() / 2, "b has most of the room: {hints:?}");
+        // An incomplete round forgets them: no steering on stale data.
+        drive(&mut b, Millis(2000), Err(CountFailed), &records);
+        assert!(b.refusal_hints().is_empty());
     }
 
     #[test]

@@ -356,6 +356,24 @@ pub fn validate_node_id(id: &str) -> Result<(), ConfigError> {
     )
 }
 
+/// Checks an advertised client address (a URL or `host:port`): 1 to
+/// [`crate::wire::MAX_ADDRESS`] bytes, no whitespace or control characters,
+/// so it fits a report, a close reason and an HTTP header.
+pub fn validate_address(address: &str) -> Result<(), ConfigError> {
+    let ok = !address.is_empty()
+        && address.len() <= crate::wire::MAX_ADDRESS
+        && !address.chars().any(|c| c.is_control() || c.is_whitespace());
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            field: "address",
+            value: address.chars().take(64).collect(),
+            expected: "1 to 256 bytes with no spaces or control characters",
+        })
+    }
+}
+
 fn check_name(
     field: &'static str,
     value: &str,

@@ -12,10 +12,13 @@
 //! Every `round_duration`, each node:
 //!
 //! 1. reads its own resource count, fresh, at the tick ([`Action::ReadCount`]);
-//! 2. publishes its [`Report`] and fetches the namespace's live members and
-//!    their reports ([`Action::Publish`], [`Action::FetchView`]);
-//! 3. discards the round if any live member lacks a report that changed within
-//!    the last round ([`round::collect`], [`DiscardReason`]);
+//! 2. publishes its [`Report`] ([`Action::Publish`], encoded by [`wire`]) and
+//!    fetches the namespace's members as the backend holds them: raw values
+//!    with their ages ([`Action::FetchView`], [`MemberRecord`]);
+//! 3. assembles the view itself ([`MemberTable`]: decoding, one member per
+//!    node id, duplicated ids) and discards the round if any live member
+//!    lacks a usable report that changed within the last round
+//!    ([`round::collect`], [`DiscardReason`]);
 //! 4. otherwise runs the [`strategy`] on the complete [`Round`], applies the
 //!    [`safety`] limits (hard cap, settle rounds, dry run) and sheds, paced in
 //!    jittered batches ([`Action::Shed`]).
@@ -40,16 +43,22 @@
 pub mod balancer;
 pub mod config;
 pub mod event;
+pub mod member;
 pub mod report;
 pub mod round;
 pub mod safety;
 pub mod strategy;
 pub mod time;
+pub mod wire;
 
 pub use balancer::{Action, Balancer, CountFailed, Hint, ShedFailed, ViewFailed};
-pub use config::{Config, ConfigError, Strategy, validate_namespace, validate_node_id};
+pub use config::{
+    Config, ConfigError, Strategy, validate_address, validate_namespace, validate_node_id,
+};
 pub use event::{Event, HoldReason, MemberCount, RoundEvent, RoundOutcome};
+pub use member::{MemberRecord, MemberTable};
 pub use report::{ClusterView, MemberView, NodeId, Report, TieBreaker};
 pub use round::{DiscardReason, Entry, Round};
 pub use strategy::{Decision, Deficit};
 pub use time::Millis;
+pub use wire::ReportError;

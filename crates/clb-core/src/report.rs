@@ -1,5 +1,5 @@
 //! What nodes tell each other: one [`Report`] per node and namespace, and the
-//! [`ClusterView`] a backend assembles from them.
+//! [`ClusterView`] the core assembles from them.
 
 use std::fmt;
 use std::sync::Arc;
@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use rand_core::Rng;
 use serde::{Deserialize, Serialize};
+
+use crate::wire::ReportError;
 
 /// Identifies a node. Unique in the cluster and stable across restarts of the
 /// same node (a restarted node is the same member with a fresh report).
@@ -135,32 +137,46 @@ pub struct Report {
 }
 
 impl Report {
-    /// Whether the values are usable in a decision. Codecs reject reports
+    /// Whether the values are usable in a decision: a positive, finite
+    /// weight of at most [`MAX_WEIGHT`], and an address that fits
+    /// [`crate::validate_address`]. [`crate::wire::decode`] refuses reports
     /// that fail this, so a bad peer cannot poison a round.
     pub fn is_valid(&self) -> bool {
-        self.weight.is_finite() && self.weight > 0.0 && self.weight <= MAX_WEIGHT
+        self.weight.is_finite()
+            && self.weight > 0.0
+            && self.weight <= MAX_WEIGHT
+            && self
+                .address
+                .as_deref()
+                .is_none_or(|a| crate::config::validate_address(a).is_ok())
     }
 }
 
-/// One live member of a namespace as a backend sees it.
+/// One live member of a namespace, as the [`crate::member::MemberTable`]
+/// assembles it from what a backend holds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MemberView {
     /// The member.
     pub node: NodeId,
-    /// Its latest valid report, if any has arrived.
+    /// Its latest report, if one has arrived and decodes.
     pub report: Option<Report>,
+    /// Why its latest value is not a usable report, when it is not.
+    pub error: Option<ReportError>,
     /// How long ago, when the view was taken, the report's `seq` last changed,
     /// measured on one clock (this node's, or the Redis server's). Never the
     /// difference of two machines' clocks.
     pub age: Duration,
 }
 
-/// The live members of one namespace and their latest reports, as delivered
-/// by a backend. Order carries no meaning.
+/// The live members of one namespace and their latest reports, one per node
+/// id. Order carries no meaning.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterView {
     /// Every live member, this node included or not (the core adds itself).
     pub members: Vec<MemberView>,
+    /// Node ids that more than one live process publishes under right now
+    /// (two fresh incarnations): no round can be decided on them.
+    pub duplicates: Vec<NodeId>,
 }
 
 impl ClusterView {
@@ -173,9 +189,11 @@ impl ClusterView {
                 .map(|r| MemberView {
                     node: r.node.clone(),
                     report: Some(r),
+                    error: None,
                     age: Duration::ZERO,
                 })
                 .collect(),
+            duplicates: Vec::new(),
         }
     }
 }

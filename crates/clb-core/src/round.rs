@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::report::{ClusterView, NodeId, Report, TieBreaker};
+use crate::wire::ReportError;
 
 /// One node's part in a round: the values the strategies read.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -191,9 +192,19 @@ pub enum DiscardReason {
         /// How long ago its report last changed, in milliseconds.
         age_ms: u64,
     },
-    /// A member's report carried values no decision can use.
+    /// A member's latest value is not a usable report (it does not decode,
+    /// or its values are unusable).
     InvalidReport {
         /// The member.
+        node: NodeId,
+        /// Why, when the value did not decode.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<ReportError>,
+    },
+    /// Two live processes publish under one node id: whose count is this
+    /// node's is unknown.
+    DuplicateNode {
+        /// The node id.
         node: NodeId,
     },
 }
@@ -207,7 +218,20 @@ impl DiscardReason {
             DiscardReason::MissingReport { .. } => "missing_report",
             DiscardReason::StaleReport { .. } => "stale_report",
             DiscardReason::InvalidReport { .. } => "invalid_report",
+            DiscardReason::DuplicateNode { .. } => "duplicate_node",
         }
+    }
+
+    /// Every label, for metrics that must exist from the start.
+    pub fn labels() -> [&'static str; 6] {
+        [
+            "count_failed",
+            "backend_failed",
+            "missing_report",
+            "stale_report",
+            "invalid_report",
+            "duplicate_node",
+        ]
     }
 }
 
@@ -220,26 +244,48 @@ impl fmt::Display for DiscardReason {
             DiscardReason::StaleReport { node, age_ms } => {
                 write!(f, "member {node}'s report is {age_ms} ms old")
             }
-            DiscardReason::InvalidReport { node } => write!(f, "member {node}'s report is invalid"),
+            DiscardReason::InvalidReport {
+                node,
+                error: Some(e),
+            } => {
+                write!(f, "member {node:?}'s report is {e}")
+            }
+            DiscardReason::InvalidReport { node, error: None } => {
+                write!(f, "member {node:?}'s report is invalid")
+            }
+            DiscardReason::DuplicateNode { node } => write!(
+                f,
+                "two live processes publish as {node:?}: give every node its own id"
+            ),
         }
     }
 }
 
-/// Turns a backend's view into a round, or says why it cannot.
+/// Turns an assembled view into a round, or says why it cannot.
 ///
 /// `own` is this node's report, carrying the count read at this tick; it
 /// replaces whatever the view holds for this node. Every other live member
-/// must have a valid report whose `seq` changed at most `max_age` ago.
+/// must have a valid report whose `seq` changed at most `max_age` ago, and
+/// no node id may be held by two live processes.
 pub fn collect(
     own: &Report,
     view: &ClusterView,
     max_age: Duration,
 ) -> Result<Round, DiscardReason> {
+    if let Some(node) = view.duplicates.first() {
+        return Err(DiscardReason::DuplicateNode { node: node.clone() });
+    }
     let mut others = Vec::with_capacity(view.members.len());
     for member in view.members.iter().filter(|m| m.node != own.node) {
         let Some(report) = &member.report else {
-            return Err(DiscardReason::MissingReport {
-                node: member.node.clone(),
+            return Err(match member.error {
+                Some(error) => DiscardReason::InvalidReport {
+                    node: member.node.clone(),
+                    error: Some(error),
+                },
+                None => DiscardReason::MissingReport {
+                    node: member.node.clone(),
+                },
             });
         };
         if member.age > max_age {
@@ -251,6 +297,7 @@ pub fn collect(
         if !report.is_valid() || report.node != member.node {
             return Err(DiscardReason::InvalidReport {
                 node: member.node.clone(),
+                error: None,
             });
         }
         others.push(Entry::from_report(report));
@@ -279,6 +326,7 @@ mod tests {
         MemberView {
             node: node.into(),
             report: Some(report(node, count, 1)),
+            error: None,
             age: Duration::from_millis(age_ms),
         }
     }
@@ -293,6 +341,7 @@ mod tests {
                 member("a", 70, 9_000),
                 member("c", 1, 0),
             ],
+            ..Default::default()
         };
         let round = collect(&report("a", 80, 2), &view, ROUND).unwrap();
         assert_eq!(round.num_members(), 3);
@@ -310,6 +359,7 @@ mod tests {
     fn a_view_without_self_still_counts_self() {
         let view = ClusterView {
             members: vec![member("b", 5, 0)],
+            ..Default::default()
         };
         let round = collect(&report("a", 80, 2), &view, ROUND).unwrap();
         assert_eq!(round.num_members(), 2);
@@ -320,6 +370,7 @@ mod tests {
     fn stale_report_discards() {
         let view = ClusterView {
             members: vec![member("b", 5, 10_001)],
+            ..Default::default()
         };
         assert_eq!(
             collect(&report("a", 1, 1), &view, ROUND),
@@ -336,8 +387,10 @@ mod tests {
             members: vec![MemberView {
                 node: "b".into(),
                 report: None,
+                error: None,
                 age: Duration::ZERO,
             }],
+            duplicates: vec![],
         };
         assert_eq!(
             collect(&report("a", 1, 1), &view, ROUND),
@@ -351,10 +404,45 @@ mod tests {
         if let Some(r) = bad.report.as_mut() {
             r.weight = f64::NAN;
         }
-        let view = ClusterView { members: vec![bad] };
+        let view = ClusterView {
+            members: vec![bad],
+            duplicates: vec![],
+        };
         assert_eq!(
             collect(&report("a", 1, 1), &view, ROUND),
-            Err(DiscardReason::InvalidReport { node: "b".into() })
+            Err(DiscardReason::InvalidReport {
+                node: "b".into(),
+                error: None
+            })
+        );
+    }
+
+    #[test]
+    fn an_undecodable_member_or_a_duplicated_id_discards() {
+        let undecodable = MemberView {
+            node: "b".into(),
+            report: None,
+            error: Some(ReportError::Malformed),
+            age: Duration::ZERO,
+        };
+        let view = ClusterView {
+            members: vec![member("c", 1, 0), undecodable],
+            duplicates: vec![],
+        };
+        assert_eq!(
+            collect(&report("a", 1, 1), &view, ROUND),
+            Err(DiscardReason::InvalidReport {
+                node: "b".into(),
+                error: Some(ReportError::Malformed)
+            })
+        );
+        let view = ClusterView {
+            members: vec![member("c", 1, 0)],
+            duplicates: vec!["c".into()],
+        };
+        assert_eq!(
+            collect(&report("a", 1, 1), &view, ROUND),
+            Err(DiscardReason::DuplicateNode { node: "c".into() })
         );
     }
 

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use clb_core::strategy::{self, proportional};
 use clb_core::{
-    Action, Balancer, ClusterView, Config, DiscardReason, Entry, Event, MemberView, Millis, Report,
-    Round, RoundOutcome, Strategy as Rule, TieBreaker, safety::hard_cap,
+    Action, Balancer, Config, DiscardReason, Entry, Event, MemberRecord, Millis, Report, Round,
+    RoundOutcome, Strategy as Rule, TieBreaker, safety::hard_cap,
 };
 use proptest::prelude::*;
 use rand_chacha::ChaCha8Rng;
@@ -171,28 +171,25 @@ proptest! {
         b.handle_timeout(t);
         let mut shed_total = 0;
         let mut discarded = false;
-        let view = ClusterView {
-            members: others.iter().enumerate().map(|(i, &(c, tb, age))| MemberView {
+        let view: Vec<MemberRecord> = others.iter().enumerate().map(|(i, &(c, tb, age))| {
+            let report = Report {
                 node: format!("o{i}").into(),
-                report: Some(Report {
-                    node: format!("o{i}").into(),
-                    count: c,
-                    tie_breaker: TieBreaker::new(tb),
-                    weight: 1.0,
-                    address: Some(format!("o{i}:80")),
-                    seq: 1,
-                    rebalancing: false,
-                }),
-                age: Duration::from_millis(age),
-            }).collect(),
-        };
+                count: c,
+                tie_breaker: TieBreaker::new(tb),
+                weight: 1.0,
+                address: Some(format!("o{i}:80")),
+                seq: 1,
+                rebalancing: false,
+            };
+            MemberRecord::from_report(&report, Duration::from_millis(age))
+        }).collect();
         let stale = others.iter().any(|&(_, _, age)| age > 10_000);
         for _ in 0..100 {
             let Some(action) = b.poll_action() else { break };
             match action {
                 Action::ReadCount => b.handle_count(t, Ok(own)),
                 Action::Publish(_) => {}
-                Action::FetchView => b.handle_view(t, Ok(&view)),
+                Action::FetchView => b.handle_view(t, Ok(&view[..])),
                 Action::Shed { n, hints } => {
                     prop_assert!(hints.iter().map(|h| h.n).sum::<u64>() <= n);
                     shed_total += n;
@@ -229,7 +226,7 @@ fn proportional_steers_every_shed_client_when_addresses_are_known() {
         ..Config::proportional()
     };
     let mut b = Balancer::new("a".into(), config, Millis(0), ChaCha8Rng::seed_from_u64(3)).unwrap();
-    b.set_address(Some("a:80".into()));
+    b.set_address(Some("a:80".into())).unwrap();
     let report = |id: &str, count| Report {
         node: id.into(),
         count,
@@ -239,7 +236,10 @@ fn proportional_steers_every_shed_client_when_addresses_are_known() {
         seq: 1,
         rebalancing: false,
     };
-    let view = ClusterView::from_reports([report("b", 0), report("c", 300)]);
+    let view: Vec<MemberRecord> = [report("b", 0), report("c", 300)]
+        .iter()
+        .map(|r| MemberRecord::from_report(r, Duration::ZERO))
+        .collect();
     // The first round sets the membership baseline; shed in the second.
     let t = Millis(1000);
     b.handle_timeout(t);
@@ -247,7 +247,7 @@ fn proportional_steers_every_shed_client_when_addresses_are_known() {
     while let Some(a) = b.poll_action() {
         match a {
             Action::ReadCount => b.handle_count(t, Ok(900)),
-            Action::FetchView => b.handle_view(t, Ok(&view)),
+            Action::FetchView => b.handle_view(t, Ok(&view[..])),
             Action::Shed { n, hints: h } => {
                 hints = Some((n, h));
                 b.handle_shed_done(t, Ok(n));

@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use clb_core::{
-    Action, Balancer, ClusterView, Event, Hint, MemberView, Millis, NodeId, Report, RoundOutcome,
-    TieBreaker,
+    Action, Balancer, Event, Hint, MemberRecord, Millis, NodeId, Report, RoundOutcome, TieBreaker,
+    wire,
 };
 use rand::{Rng, RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -29,8 +29,11 @@ pub(crate) struct Engine<'a> {
     rng: ChaCha8Rng,
     lb: LbState,
     nodes: Vec<Node>,
-    /// The "backend": latest report per node, and when its seq last changed.
-    reports: BTreeMap<NodeId, (Report, Millis)>,
+    /// The "backend": latest value per node, as published, and when it last
+    /// changed. Like every backend it only holds bytes; each core decodes.
+    reports: BTreeMap<NodeId, (String, Millis)>,
+    /// Per node, which of its refusal hints the next refused client gets.
+    hint_cursor: Vec<usize>,
     /// Node index by advertised address (a node's address is its id).
     by_address: HashMap<String, usize>,
     shed_acc: Vec<u64>,
@@ -68,6 +71,7 @@ impl<'a> Engine<'a> {
             nodes,
             reports: BTreeMap::new(),
             shed_acc: vec![0; n],
+            hint_cursor: vec![0; n],
             refusals: 0,
             forced: 0,
             lost: 0,
@@ -228,7 +232,7 @@ impl<'a> Engine<'a> {
         let rng = ChaCha8Rng::seed_from_u64(self.rng.next_u64());
         let mut core = Balancer::new(self.nodes[i].id.clone(), self.spec.config.clone(), now, rng)?;
         // A node's address is its id: steering hints name nodes directly.
-        core.set_address(Some(self.nodes[i].id.to_string()));
+        core.set_address(Some(self.nodes[i].id.to_string()))?;
         if let Some(tbs) = &self.setup.tie_breakers {
             core.set_tie_breaker(TieBreaker::new(tbs[i]));
         }
@@ -325,7 +329,7 @@ impl<'a> Engine<'a> {
                 let view = self.view(now);
                 for i in views {
                     if let Some(c) = self.nodes[i].core.as_mut() {
-                        c.handle_view(now, Ok(&view));
+                        c.handle_view(now, Ok(&view[..]));
                     }
                     // At once: holding every node's round event until the
                     // next pass costs more than the decision itself.
@@ -351,26 +355,24 @@ impl<'a> Engine<'a> {
     }
 
     fn publish(&mut self, report: Report, now: Millis) {
+        let value = wire::encode(&report);
         let changed_at = match self.reports.get(&report.node) {
-            Some((old, at)) if old.seq == report.seq => *at,
+            Some((old, at)) if *old == value => *at,
             _ => now,
         };
-        self.reports
-            .insert(report.node.clone(), (report, changed_at));
+        self.reports.insert(report.node, (value, changed_at));
     }
 
-    fn view(&self, now: Millis) -> ClusterView {
-        ClusterView {
-            members: self
-                .reports
-                .values()
-                .map(|(r, at)| MemberView {
-                    node: r.node.clone(),
-                    report: Some(r.clone()),
-                    age: now.saturating_since(*at),
-                })
-                .collect(),
-        }
+    fn view(&self, now: Millis) -> Vec<MemberRecord> {
+        self.reports
+            .iter()
+            .map(|(node, (value, at))| MemberRecord {
+                node: node.clone(),
+                incarnation: 0,
+                value: value.clone(),
+                age: now.saturating_since(*at),
+            })
+            .collect()
     }
 
     /// Node `i` closes `n` clients (at most what it has); they reconnect.
@@ -422,15 +424,31 @@ impl<'a> Engine<'a> {
         p >= 1.0 || (p > 0.0 && self.rng.random_bool(p))
     }
 
+    /// The node named by node `j`'s next refusal hint, if it names one.
+    fn refusal_hint(&mut self, j: usize) -> Option<usize> {
+        let hints = self.nodes[j].core.as_ref()?.refusal_hints();
+        let hint = hints.get(self.hint_cursor[j] % hints.len().max(1))?;
+        let to = self.by_address.get(hint.as_str()).copied();
+        self.hint_cursor[j] = self.hint_cursor[j].wrapping_add(1);
+        to.filter(|&k| self.nodes[k].core.is_some())
+    }
+
     fn admits(&self, j: usize, count: u64) -> bool {
         !self.spec.admission || self.nodes[j].core.as_ref().is_none_or(|c| c.admits(count))
     }
 
-    /// One client through the LB model, with up to 5 picks.
+    /// One client through the LB model, with up to 5 picks. A client that
+    /// honours hints and is refused tries the node the refusal names next,
+    /// as the 503's hint says.
     fn place(&mut self, live: &[usize], counts: &mut [u64]) {
         let mut landed = None;
+        let mut hinted: Option<usize> = None;
         for attempt in 1..=5 {
-            let Some(j) = self.lb.pick(self.spec.lb, live, counts, &mut self.rng) else {
+            let pick = match hinted.take() {
+                Some(j) => Some(j),
+                None => self.lb.pick(self.spec.lb, live, counts, &mut self.rng),
+            };
+            let Some(j) = pick else {
                 break;
             };
             landed = Some(j);
@@ -440,6 +458,8 @@ impl<'a> Engine<'a> {
             self.refusals += 1;
             if attempt == 5 {
                 self.forced += 1;
+            } else if self.follows_hint() {
+                hinted = self.refusal_hint(j);
             }
         }
         match landed {

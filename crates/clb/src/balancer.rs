@@ -1,12 +1,13 @@
 //! The handle a service holds: build, observe, shut down.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use clb_core::{Config, ConfigError, Deficit, Event, NodeId, RoundOutcome};
+use clb_core::{Config, ConfigError, Event, NodeId, RoundOutcome};
+use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
@@ -73,7 +74,7 @@ impl Balancer {
 
     /// A snapshot of this balancer's state, for `/status` and dashboards.
     pub fn status(&self) -> Status {
-        self.shared.lock().clone()
+        self.shared.status()
     }
 
     /// A cheap, cloneable handle to [`status`](Self::status), for HTTP
@@ -88,9 +89,11 @@ impl Balancer {
         self.events_tx.subscribe()
     }
 
-    /// Stops the balancer: no more rounds, outstanding calls are dropped, and
-    /// the node leaves the namespace. Waits until that is done.
+    /// Stops the balancer: admission refuses from now on, no more rounds,
+    /// outstanding calls are dropped, and the node leaves the namespace.
+    /// Waits until that is done (at most the backend timeout for the leave).
     pub async fn shutdown(mut self) {
+        self.shared.draining.store(true, Ordering::Relaxed);
         let _ = self.shutdown_tx.send(true);
         if let Some(task) = self.task.take() {
             // The worker never panics by design; if it did, there is nothing
@@ -108,15 +111,60 @@ impl Drop for Balancer {
 
 /// Whether a node accepts new resources, and where to send those it refuses;
 /// see [`Balancer::admission`]. Cheap to clone and to call.
+///
+/// This is the one answer to "accepting?": a WebSocket upgrade handler, a
+/// readiness check and a status page must all ask [`check`](Self::check),
+/// so they never disagree.
 #[derive(Clone, Debug)]
 pub struct Admission(Arc<Shared>);
 
+/// Why a node refuses a new resource; see [`Admission::check`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "refusal", content = "why", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The node is shutting down: its clients are moving elsewhere.
+    Draining,
+    /// The node is above its fair share in an active rebalance (SPEC §4
+    /// admission control).
+    Rebalancing,
+    /// The node cannot take part in balancing; the text says why (a node
+    /// that admitted none of its seeds, an id another process also uses).
+    NotReady(String),
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::Draining => f.write_str("draining: this node is shutting down"),
+            Refusal::Rebalancing => f.write_str("rebalancing: this node is above its fair share"),
+            Refusal::NotReady(why) => write!(f, "not ready: {why}"),
+        }
+    }
+}
+
 impl Admission {
-    /// Whether a node holding `live_count` resources should accept one more:
-    /// false only while it is above its target in an active rebalance.
-    /// Lock-free; pass the adapter's live count.
+    /// Whether a node holding `live_count` resources should accept one more,
+    /// and if not, why. Lock-free unless the node is not ready; pass the
+    /// adapter's live count.
+    pub fn check(&self, live_count: u64) -> Result<(), Refusal> {
+        let shared = &self.0;
+        if shared.draining.load(Ordering::Relaxed) {
+            return Err(Refusal::Draining);
+        }
+        if shared.not_ready_flag.load(Ordering::Relaxed) {
+            let why = shared.lock().not_ready.clone().unwrap_or_default();
+            return Err(Refusal::NotReady(why));
+        }
+        if live_count > shared.accept_up_to.load(Ordering::Relaxed) {
+            return Err(Refusal::Rebalancing);
+        }
+        Ok(())
+    }
+
+    /// [`check`](Self::check) as a bool.
     pub fn admits(&self, live_count: u64) -> bool {
-        live_count <= self.0.accept_up_to.load(Ordering::Relaxed)
+        self.check(live_count).is_ok()
     }
 
     /// [`admits`](Self::admits) with the last count the balancer read.
@@ -124,23 +172,32 @@ impl Admission {
         self.admits(self.0.last_count.load(Ordering::Relaxed))
     }
 
-    /// An under-target node's address, drawn in proportion to its deficit,
-    /// for a steered reconnect (a 503's body, say). `None` when no member
-    /// is below target with an address.
+    /// Refuse every new resource from now on (graceful shutdown: do this
+    /// first, then close what is open). [`Balancer::shutdown`] does it too.
+    pub fn start_draining(&self) {
+        self.0.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`start_draining`](Self::start_draining) was called.
+    pub fn is_draining(&self) -> bool {
+        self.0.draining.load(Ordering::Relaxed)
+    }
+
+    /// An under-target node's address for a refused client (a 503's hint):
+    /// the next of the hints the core drew, in proportion to each node's
+    /// room, at the last round. `None` when no member is below target with
+    /// an address.
     pub fn hint(&self) -> Option<String> {
-        let deficits = self.0.deficits.lock().unwrap_or_else(|p| p.into_inner());
-        let total: f64 = deficits.iter().map(|d| d.deficit).sum();
-        if total <= 0.0 {
+        let hints = self
+            .0
+            .refusal_hints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if hints.is_empty() {
             return None;
         }
-        let mut x = rand::rng().random::<f64>() * total;
-        for d in deficits.iter() {
-            if x < d.deficit {
-                return Some(d.address.clone());
-            }
-            x -= d.deficit;
-        }
-        deficits.last().map(|d| d.address.clone())
+        let i = self.0.hint_cursor.fetch_add(1, Ordering::Relaxed) % hints.len();
+        hints.get(i).cloned()
     }
 }
 
@@ -151,7 +208,7 @@ pub struct StatusHandle(Arc<Shared>);
 impl StatusHandle {
     /// A snapshot of the balancer's state.
     pub fn status(&self) -> Status {
-        self.0.lock().clone()
+        self.0.status()
     }
 }
 
@@ -245,12 +302,15 @@ impl Builder {
         let node = NodeId::new(self.node_id.clone());
         let mut core =
             clb_core::Balancer::new(node, self.config.clone(), clb_core::Millis(0), rng)?;
-        core.set_address(self.address.clone());
+        core.set_address(self.address.clone())?;
 
         let shared = Arc::new(Shared {
             accept_up_to: AtomicU64::new(u64::MAX),
             last_count: AtomicU64::new(0),
-            deficits: Mutex::new(Vec::new()),
+            draining: AtomicBool::new(false),
+            not_ready_flag: AtomicBool::new(false),
+            refusal_hints: Mutex::new(Vec::new()),
+            hint_cursor: AtomicUsize::new(0),
             status: Mutex::new(Status {
                 node_id: self.node_id,
                 namespace: self.namespace.clone(),
@@ -264,6 +324,10 @@ impl Builder {
                 shed_total: 0,
                 last_round: None,
                 last_outcome: None,
+                refusal: None,
+                not_ready: None,
+                warnings: Vec::new(),
+                duplicate_ids: Vec::new(),
             }),
         });
         let (events_tx, _) = broadcast::channel(1024);
@@ -327,6 +391,15 @@ pub struct Status {
     pub last_round: Option<u64>,
     /// The last round's outcome.
     pub last_outcome: Option<RoundOutcome>,
+    /// Why this node refuses new resources now, judged with `count`
+    /// (`None` while it accepts).
+    pub refusal: Option<Refusal>,
+    /// Why this node is not ready, if it is not.
+    pub not_ready: Option<String>,
+    /// What an operator should know that does not block readiness.
+    pub warnings: Vec<String>,
+    /// Node ids that two live processes publish under.
+    pub duplicate_ids: Vec<String>,
 }
 
 /// One member in a [`Status`].
@@ -356,7 +429,11 @@ pub(crate) struct Shared {
     /// Admission limit (`u64::MAX`: accept everything).
     accept_up_to: AtomicU64,
     last_count: AtomicU64,
-    deficits: Mutex<Vec<Deficit>>,
+    draining: AtomicBool,
+    /// Set while `status.not_ready` is: the fast path of [`Admission::check`].
+    not_ready_flag: AtomicBool,
+    refusal_hints: Mutex<Vec<String>>,
+    hint_cursor: AtomicUsize,
     status: Mutex<Status>,
 }
 
@@ -367,25 +444,55 @@ impl Shared {
         self.status.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A snapshot, with the admission verdict judged now.
+    fn status(self: &Arc<Self>) -> Status {
+        let count = self.last_count.load(Ordering::Relaxed);
+        let refusal = Admission(Arc::clone(self)).check(count).err();
+        let mut status = self.lock().clone();
+        status.accepting = refusal.is_none();
+        status.refusal = refusal;
+        status
+    }
+
     pub(crate) fn set_count(&self, count: u64) {
         self.last_count.store(count, Ordering::Relaxed);
         self.lock().count = Some(count);
     }
 
     /// Admission state from the core after a round.
-    pub(crate) fn set_admission(&self, accept_up_to: Option<u64>, deficits: &[Deficit]) {
+    pub(crate) fn set_admission(&self, accept_up_to: Option<u64>, refusal_hints: &[String]) {
         self.accept_up_to
             .store(accept_up_to.unwrap_or(u64::MAX), Ordering::Relaxed);
-        let mut d = self.deficits.lock().unwrap_or_else(|p| p.into_inner());
-        d.clear();
-        d.extend_from_slice(deficits);
+        let mut h = self.refusal_hints.lock().unwrap_or_else(|p| p.into_inner());
+        h.clear();
+        h.extend_from_slice(refusal_hints);
+    }
+
+    /// Readiness after a round: from the core (an id used twice) and the
+    /// backend (a node that admitted none of its seeds).
+    pub(crate) fn set_readiness(
+        self: &Arc<Self>,
+        not_ready: Option<String>,
+        warnings: Vec<String>,
+        duplicate_ids: Vec<String>,
+    ) {
+        let mut status = self.lock();
+        self.not_ready_flag
+            .store(not_ready.is_some(), Ordering::Relaxed);
+        status.not_ready = not_ready;
+        status.warnings = warnings;
+        status.duplicate_ids = duplicate_ids;
+        let namespace = status.namespace.clone();
+        drop(status);
+        let accepting = Admission(Arc::clone(self)).accepting();
+        metrics::gauge!(crate::metrics::ACCEPTING, "namespace" => namespace)
+            .set(f64::from(u8::from(accepting)));
     }
 
     pub(crate) fn apply(&self, event: &Event) {
         let mut status = self.lock();
         match event {
             Event::Round(r) => {
-                status.accepting = r.accepting;
                 status.rebalancing = r.rebalancing;
                 if r.count.is_some() {
                     status.count = r.count;

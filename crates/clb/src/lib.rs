@@ -42,19 +42,21 @@ pub mod adapter;
 pub mod backend;
 mod balancer;
 pub mod metrics;
+pub mod ratelimit;
 mod resource;
 mod trace;
 mod worker;
 
-pub use backend::{BackendError, ClusterBackend, MemoryCluster};
+pub use backend::{BackendError, BackendHealth, ClusterBackend, MemoryCluster};
 #[cfg(feature = "gossip")]
 pub use backend::{ClusterKey, GossipBackend, GossipConfig};
 pub use balancer::{
-    Admission, Balancer, BuildError, Builder, RoundCounts, Status, StatusHandle, StatusMember,
+    Admission, Balancer, BuildError, Builder, Refusal, RoundCounts, Status, StatusHandle,
+    StatusMember,
 };
 pub use clb_core::{
-    self as core, ClusterView, Config, ConfigError, DiscardReason, Event, HoldReason, NodeId,
-    Report, RoundEvent, RoundOutcome, Strategy,
+    self as core, ClusterView, Config, ConfigError, DiscardReason, Event, HoldReason, MemberRecord,
+    NodeId, Report, RoundEvent, RoundOutcome, Strategy,
 };
 pub use resource::{Hint, Resource, ResourceError, ShedRequest};
 

@@ -2,10 +2,11 @@
 //!
 //! Recorded through the `metrics` facade: nothing is exported unless the
 //! application installs a recorder (`clb node` installs the Prometheus one).
+//! Every series a dashboard or an alert needs exists from the start, at 0.
 
 use std::time::Duration;
 
-use clb_core::{Event, RoundOutcome};
+use clb_core::{DiscardReason, Event, RoundOutcome};
 
 /// Counter: rounds ended, by `outcome` (`balanced`, `shed`, `held`, `discarded`).
 pub const ROUNDS: &str = "clb_rounds_total";
@@ -27,8 +28,79 @@ pub const GOSSIP_PACKETS: &str = "clb_gossip_packets_total";
 pub const SENT_DROPPED: &str = "clb_gossip_send_dropped_total";
 /// Counter: failed, panicked or timed-out resource calls, by `call`.
 pub const RESOURCE_FAILURES: &str = "clb_resource_failures_total";
+/// Counter: failed or timed-out backend calls, by `call`.
+pub const BACKEND_FAILURES: &str = "clb_backend_failures_total";
 /// Gauge: 1 while this node accepts new resources, 0 while it refuses.
 pub const ACCEPTING: &str = "clb_accepting";
+
+/// Creates every series of `namespace` at 0 and describes every metric, so
+/// a scrape right after start already shows what an alert will watch.
+pub(crate) fn register(namespace: &str) {
+    describe();
+    let ns = namespace.to_owned();
+    for outcome in ["balanced", "shed", "held", "discarded"] {
+        metrics::counter!(ROUNDS, "namespace" => ns.clone(), "outcome" => outcome).increment(0);
+    }
+    for reason in DiscardReason::labels() {
+        metrics::counter!(DISCARDED, "namespace" => ns.clone(), "reason" => reason).increment(0);
+    }
+    metrics::counter!(SHED, "namespace" => ns.clone()).increment(0);
+    for call in ["count", "shed"] {
+        metrics::counter!(RESOURCE_FAILURES, "namespace" => ns.clone(), "call" => call)
+            .increment(0);
+    }
+    for call in ["fetching members", "publishing"] {
+        metrics::counter!(BACKEND_FAILURES, "namespace" => ns.clone(), "call" => call).increment(0);
+    }
+}
+
+/// `# HELP` texts for every metric of this crate.
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        ROUNDS,
+        "Rounds ended, by outcome (balanced, shed, held, discarded)."
+    );
+    describe_counter!(DISCARDED, "Rounds discarded (nothing shed), by reason.");
+    describe_counter!(
+        SHED,
+        "Resources actually shed, as reported by the resource."
+    );
+    describe_gauge!(
+        RESOURCE_COUNT,
+        "This node's resource count at the last round."
+    );
+    describe_gauge!(
+        CLUSTER_MEMBERS,
+        "Live members of the namespace in the last round."
+    );
+    describe_histogram!(
+        ROUND_DURATION,
+        metrics::Unit::Seconds,
+        "Time from a round's count read to its decision."
+    );
+    describe_counter!(
+        REJECTED_MESSAGES,
+        "Network messages dropped by a backend (forged, replayed, malformed...), by reason."
+    );
+    describe_counter!(GOSSIP_PACKETS, "Gossip datagrams, by direction.");
+    describe_counter!(
+        SENT_DROPPED,
+        "Outgoing gossip datagrams dropped before sending, by reason."
+    );
+    describe_counter!(
+        RESOURCE_FAILURES,
+        "Failed, panicked or timed-out resource calls, by call."
+    );
+    describe_counter!(
+        BACKEND_FAILURES,
+        "Failed or timed-out backend calls, by call."
+    );
+    describe_gauge!(
+        ACCEPTING,
+        "1 while this node accepts new resources, 0 while it refuses."
+    );
+}
 
 pub(crate) fn event(namespace: &str, event: &Event, round_latency: Duration) {
     let ns = namespace.to_owned();
@@ -46,8 +118,6 @@ pub(crate) fn event(namespace: &str, event: &Event, round_latency: Duration) {
                 metrics::gauge!(CLUSTER_MEMBERS, "namespace" => ns.clone())
                     .set(round.members.len() as f64);
             }
-            metrics::gauge!(ACCEPTING, "namespace" => ns.clone())
-                .set(f64::from(u8::from(round.accepting)));
             metrics::histogram!(ROUND_DURATION, "namespace" => ns)
                 .record(round_latency.as_secs_f64());
         }

@@ -1,6 +1,7 @@
 //! What the balancer balances: a [`Resource`] counts and sheds.
 
 use std::future::Future;
+use std::time::Duration;
 
 pub use clb_core::Hint;
 
@@ -53,6 +54,11 @@ pub struct ShedRequest {
     /// reason, say). Their `n`s sum to at most `n`; the rest get no hint.
     /// Clients that ignore hints lose nothing.
     pub hints: Vec<Hint>,
+    /// How long the balancer waits for this call's answer (`None`: no
+    /// limit). A resource that waits for its closes to complete should
+    /// answer before then with what has closed so far, rather than be cut
+    /// off and counted as having shed nothing.
+    pub within: Option<Duration>,
 }
 
 impl ShedRequest {
@@ -61,12 +67,23 @@ impl ShedRequest {
         ShedRequest {
             n,
             hints: Vec::new(),
+            within: None,
         }
     }
 
     /// A request to shed `n` with steering hints.
     pub fn with_hints(n: u64, hints: Vec<Hint>) -> Self {
-        ShedRequest { n, hints }
+        ShedRequest {
+            n,
+            hints,
+            within: None,
+        }
+    }
+
+    /// The same request, answered within `limit`.
+    pub fn within(mut self, limit: Duration) -> Self {
+        self.within = Some(limit);
+        self
     }
 
     /// One hint per resource to close, in order: `Some(address)` for the

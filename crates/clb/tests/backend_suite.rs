@@ -1,13 +1,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! One conformance suite, run against every backend: the in-memory one
-//! first, then gossip over real UDP on loopback.
+//! first, then gossip over real UDP on loopback. A backend moves bytes: what
+//! is published comes back byte for byte, whatever it is.
 
 use std::future::Future;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use clb::core::{ClusterView, Report, TieBreaker};
-use clb::{ClusterBackend, ClusterKey, GossipBackend, GossipConfig, MemoryCluster};
+use clb::core::{MemberRecord, MemberTable, Millis, Report, TieBreaker, wire};
+use clb::{ClusterBackend, ClusterKey, GossipBackend, GossipConfig, MemoryCluster, NodeId};
 use tokio::time::{Instant, sleep};
 
 fn report(node: &str, count: u64, seq: u64) -> Report {
@@ -22,15 +23,17 @@ fn report(node: &str, count: u64, seq: u64) -> Report {
     }
 }
 
-fn counts(view: &ClusterView) -> Vec<(String, u64)> {
-    let mut v: Vec<(String, u64)> = view
-        .members
+async fn publish<B: ClusterBackend>(b: &B, ns: &str, r: &Report) {
+    b.publish(ns, &r.node, &wire::encode(r)).await.unwrap();
+}
+
+/// Each record's node and count, decoded the way the core does, sorted.
+fn counts(records: &[MemberRecord]) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = records
         .iter()
         .map(|m| {
-            (
-                m.node.to_string(),
-                m.report.as_ref().map_or(u64::MAX, |r| r.count),
-            )
+            let count = wire::decode(&m.node, &m.value).map_or(u64::MAX, |r| r.count);
+            (m.node.to_string(), count)
         })
         .collect();
     v.sort();
@@ -53,9 +56,9 @@ where
 /// The contract of [`ClusterBackend`], for two members `a` and `b`.
 async fn backend_suite<B: ClusterBackend>(a: &B, b: &B, limit: Duration) {
     // Reports spread, per namespace.
-    a.publish("ws", &report("a", 10, 1)).await.unwrap();
-    b.publish("ws", &report("b", 20, 1)).await.unwrap();
-    b.publish("sse", &report("b", 7, 1)).await.unwrap();
+    publish(a, "ws", &report("a", 10, 1)).await;
+    publish(b, "ws", &report("b", 20, 1)).await;
+    publish(b, "sse", &report("b", 7, 1)).await;
     eventually(limit, "both members in a's view", || async {
         counts(&a.view("ws").await.unwrap()) == [("a".into(), 10), ("b".into(), 20)]
     })
@@ -65,31 +68,34 @@ async fn backend_suite<B: ClusterBackend>(a: &B, b: &B, limit: Duration) {
         counts(&a.view("sse").await.unwrap()) == [("b".into(), 7)]
     })
     .await;
-    assert!(b.view("nothing").await.unwrap().members.is_empty());
-    // A new seq is a fresh report: its age starts again.
+    assert!(b.view("nothing").await.unwrap().is_empty());
+    // A new value is a fresh report: its age starts again.
     sleep(Duration::from_millis(300)).await;
-    let old_age = a
-        .view("ws")
-        .await
-        .unwrap()
-        .members
-        .iter()
-        .find(|m| m.node.as_str() == "b")
-        .unwrap()
-        .age;
+    let age_of_b = |records: Vec<MemberRecord>| {
+        records
+            .into_iter()
+            .find(|m| m.node.as_str() == "b")
+            .map(|m| (m.age, m.value))
+            .unwrap()
+    };
+    let (old_age, _) = age_of_b(a.view("ws").await.unwrap());
     assert!(
         old_age >= Duration::from_millis(250),
-        "age grows while seq stays: {old_age:?}"
+        "age grows while the value stays: {old_age:?}"
     );
-    b.publish("ws", &report("b", 21, 2)).await.unwrap();
+    publish(b, "ws", &report("b", 21, 2)).await;
     eventually(limit, "b's new report, young again", || async {
-        let view = a.view("ws").await.unwrap();
-        let m = view
-            .members
-            .iter()
-            .find(|m| m.node.as_str() == "b")
-            .unwrap();
-        m.report.as_ref().unwrap().count == 21 && m.age < old_age
+        let (age, value) = age_of_b(a.view("ws").await.unwrap());
+        value == wire::encode(&report("b", 21, 2)) && age < old_age
+    })
+    .await;
+    // Bytes in, bytes out: a value the core cannot read is carried as it is,
+    // never dropped or repaired by the backend (the core discards the round).
+    b.publish("ws", &"b".into(), "v9;garbage;\u{1F600}")
+        .await
+        .unwrap();
+    eventually(limit, "b's unreadable value, untouched", || async {
+        age_of_b(a.view("ws").await.unwrap()).1 == "v9;garbage;\u{1F600}"
     })
     .await;
     // Leaving removes a member from others' views.
@@ -111,18 +117,12 @@ async fn memory_backend_passes_the_suite() {
     backend_suite(&cluster, &cluster.clone(), Duration::from_secs(1)).await;
 }
 
-fn free_udp_port() -> SocketAddr {
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket.local_addr().unwrap()
+fn loopback_any() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
-fn gossip_config(
-    id: &str,
-    listen: SocketAddr,
-    seeds: &[SocketAddr],
-    key: Option<&str>,
-) -> GossipConfig {
-    let mut config = GossipConfig::new(id, listen);
+fn gossip_config(id: &str, seeds: &[SocketAddr], key: Option<&str>) -> GossipConfig {
+    let mut config = GossipConfig::new(id, loopback_any());
     config.seeds = seeds.iter().map(ToString::to_string).collect();
     config.gossip_interval = Duration::from_millis(50);
     config.keys = key
@@ -134,14 +134,14 @@ fn gossip_config(
 
 #[tokio::test]
 async fn gossip_backend_passes_the_suite() {
-    let (pa, pb) = (free_udp_port(), free_udp_port());
     let key = Some("a-shared-secret-for-the-suite");
-    let a = GossipBackend::start(gossip_config("a", pa, &[pb], key))
+    let a = GossipBackend::start(gossip_config("a", &[], key))
         .await
         .unwrap();
-    let b = GossipBackend::start(gossip_config("b", pb, &[pa], key))
+    let b = GossipBackend::start(gossip_config("b", &[a.local_addr()], key))
         .await
         .unwrap();
+    assert_ne!(a.local_addr().port(), 0, "port 0 binds a real port");
     backend_suite(&a, &b, Duration::from_secs(10)).await;
     a.shutdown().await;
     b.shutdown().await;
@@ -149,33 +149,25 @@ async fn gossip_backend_passes_the_suite() {
 
 #[tokio::test]
 async fn gossip_with_another_key_is_never_admitted() {
-    let (pa, pb, pc) = (free_udp_port(), free_udp_port(), free_udp_port());
-    let a = GossipBackend::start(gossip_config(
-        "a",
-        pa,
-        &[pb, pc],
-        Some("key-one-key-one-key-one"),
-    ))
-    .await
-    .unwrap();
+    let a = GossipBackend::start(gossip_config("a", &[], Some("key-one-key-one-key-one")))
+        .await
+        .unwrap();
     let b = GossipBackend::start(gossip_config(
         "b",
-        pb,
-        &[pa, pc],
+        &[a.local_addr()],
         Some("key-one-key-one-key-one"),
     ))
     .await
     .unwrap();
     let c = GossipBackend::start(gossip_config(
         "c",
-        pc,
-        &[pa, pb],
+        &[a.local_addr(), b.local_addr()],
         Some("key-two-key-two-key-two"),
     ))
     .await
     .unwrap();
     for (node, n) in [(&a, "a"), (&b, "b"), (&c, "c")] {
-        node.publish("ws", &report(n, 1, 1)).await.unwrap();
+        publish(node, "ws", &report(n, 1, 1)).await;
     }
     eventually(
         Duration::from_secs(10),
@@ -190,6 +182,11 @@ async fn gossip_with_another_key_is_never_admitted() {
     sleep(Duration::from_millis(1000)).await;
     assert_eq!(a.live_nodes().await, ["a", "b"]);
     assert_eq!(counts(&c.view("ws").await.unwrap()), [("c".into(), 1)]);
+    let status = a.status().await;
+    assert!(
+        status.rejected.get("bad_signature").copied().unwrap_or(0) > 0,
+        "{status:?}"
+    );
     for node in [a, b, c] {
         node.shutdown().await;
     }
@@ -197,30 +194,47 @@ async fn gossip_with_another_key_is_never_admitted() {
 
 #[tokio::test]
 async fn a_restarted_node_is_counted_once_and_a_dead_one_goes_stale_then_away() {
-    let (pa, pb) = (free_udp_port(), free_udp_port());
-    let a = GossipBackend::start(gossip_config("a", pa, &[pb], None))
+    let a = GossipBackend::start(gossip_config("a", &[], None))
         .await
         .unwrap();
-    let mut first = gossip_config("b", pb, &[pa], None);
+    let mut first = gossip_config("b", &[a.local_addr()], None);
     first.generation = 1;
     let b1 = GossipBackend::start(first).await.unwrap();
-    a.publish("ws", &report("a", 1, 1)).await.unwrap();
-    b1.publish("ws", &report("b", 5, 1)).await.unwrap();
+    publish(&a, "ws", &report("a", 1, 1)).await;
+    publish(&b1, "ws", &report("b", 5, 1)).await;
     eventually(Duration::from_secs(10), "b (gen 1) seen", || async {
         counts(&a.view("ws").await.unwrap()) == [("a".into(), 1), ("b".into(), 5)]
     })
     .await;
-    // Restart b on the same address with a higher generation.
+    // Restart b on another port with a higher generation. Gossip lists both
+    // incarnations for a while; the core's table keeps the newest, once.
     b1.shutdown().await;
     drop(b1);
-    let mut second = gossip_config("b", pb, &[pa], None);
+    let mut second = gossip_config("b", &[a.local_addr()], None);
     second.generation = 2;
     let b2 = GossipBackend::start(second).await.unwrap();
-    b2.publish("ws", &report("b", 9, 1)).await.unwrap();
-    eventually(Duration::from_secs(10), "b (gen 2) seen, once", || async {
-        counts(&a.view("ws").await.unwrap()) == [("a".into(), 1), ("b".into(), 9)]
-    })
-    .await;
+    publish(&b2, "ws", &report("b", 9, 1)).await;
+    let mut table = MemberTable::new();
+    let start = Instant::now();
+    loop {
+        let records = a.view("ws").await.unwrap();
+        let now = Millis(start.elapsed().as_millis() as u64);
+        let view = table.assemble(now, &records, Duration::from_secs(1));
+        let b: Vec<_> = view
+            .members
+            .iter()
+            .filter(|m| m.node == NodeId::from("b"))
+            .collect();
+        assert_eq!(b.len(), 1, "b counted once: {records:?}");
+        if b[0].report.as_ref().is_some_and(|r| r.count == 9) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "b (gen 2) not seen"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
     // Now b dies without leaving: its report ages, then it is dropped.
     b2.shutdown().await;
     eventually(
@@ -230,4 +244,39 @@ async fn a_restarted_node_is_counted_once_and_a_dead_one_goes_stale_then_away() 
     )
     .await;
     a.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_node_whose_seeds_never_answer_is_not_ready_and_says_why() {
+    // A seed nobody listens on: a node that never joins anyone.
+    let silent = std::net::UdpSocket::bind(loopback_any()).unwrap();
+    let mut config = gossip_config(
+        "lonely",
+        &[silent.local_addr().unwrap()],
+        Some("lonely-key-0123456789"),
+    );
+    config.join_timeout = Some(Duration::from_millis(300));
+    let lonely = GossipBackend::start(config).await.unwrap();
+    assert_eq!(
+        lonely.health().not_ready,
+        None,
+        "not before the join timeout"
+    );
+    eventually(Duration::from_secs(5), "not ready", || async {
+        lonely.health().not_ready.is_some()
+    })
+    .await;
+    let why = lonely.health().not_ready.unwrap();
+    assert!(why.starts_with("no seed admitted in"), "{why}");
+    assert!(
+        why.contains(&silent.local_addr().unwrap().to_string()),
+        "{why}"
+    );
+    // A node with no seeds is a cluster of one by design: always ready.
+    let alone = GossipBackend::start(gossip_config("alone", &[], None))
+        .await
+        .unwrap();
+    assert_eq!(alone.health().not_ready, None);
+    lonely.shutdown().await;
+    alone.shutdown().await;
 }

@@ -2,13 +2,13 @@
 //! The async balancer on the in-memory backend, with paused tokio time: real
 //! workers, real tasks, virtual clock. No test sleeps on a wall clock.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clb::{
-    Balancer, Config, DiscardReason, Event, MemoryCluster, Resource, ResourceError, RoundOutcome,
-    ShedRequest,
+    Balancer, ClusterBackend, Config, DiscardReason, Event, MemoryCluster, Resource, ResourceError,
+    RoundOutcome, ShedRequest,
 };
 use tokio::sync::broadcast;
 use tokio::time::{Instant, sleep};
@@ -462,4 +462,171 @@ async fn admission_refuses_above_target_and_sheds_carry_steering_hints() {
         assert!(hinted.iter().all(|h| *h == Some("b:1")), "{request:?}");
     }
     assert!(a.status().rebalancing);
+}
+
+/// A backend that never answers.
+struct Hung;
+
+impl ClusterBackend for Hung {
+    async fn publish(&self, _: &str, _: &clb::NodeId, _: &str) -> Result<(), clb::BackendError> {
+        std::future::pending().await
+    }
+
+    async fn view(&self, _: &str) -> Result<Vec<clb::MemberRecord>, clb::BackendError> {
+        std::future::pending().await
+    }
+
+    async fn leave(&self, _: &str, _: &clb::NodeId) -> Result<(), clb::BackendError> {
+        std::future::pending().await
+    }
+}
+
+/// Counts `count()` calls.
+struct Counting(AtomicU64);
+
+impl Resource for Counting {
+    async fn count(&self) -> Result<u64, ResourceError> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(5)
+    }
+
+    async fn shed(&self, request: ShedRequest) -> Result<u64, ResourceError> {
+        Ok(request.n)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_backend_discards_rounds_and_delays_neither_counts_nor_shutdown() {
+    let counting = Arc::new(Counting(AtomicU64::new(0)));
+    let backend = Arc::new(Hung);
+    let b = Balancer::builder("n", "ws")
+        .config(classic())
+        .spawn(Arc::clone(&counting), backend)
+        .unwrap();
+    let mut rx = b.subscribe();
+    let r = wait_round(&mut rx, 3, |_| true).await;
+    assert_eq!(
+        r.outcome,
+        RoundOutcome::Discarded {
+            reason: DiscardReason::BackendFailed
+        }
+    );
+    wait_round(&mut rx, 2, |_| true).await;
+    // Counts kept coming (four a round), although every publish hangs.
+    assert!(
+        counting.0.load(Ordering::SeqCst) >= 8,
+        "counts were delayed"
+    );
+    assert!(b.status().rounds.discarded >= 2);
+    // Shutdown waits at most the backend timeout (a quarter round) for the
+    // hung leave, whatever else is hung.
+    let started = Instant::now();
+    b.shutdown().await;
+    assert!(started.elapsed() <= ROUND / 4 + Duration::from_millis(10));
+}
+
+fn shared_report(node: &str, count: u64, seq: u64) -> clb::Report {
+    clb::Report {
+        node: node.into(),
+        count,
+        tie_breaker: clb::core::TieBreaker::new(0.1),
+        weight: 1.0,
+        address: None,
+        seq,
+        rebalancing: false,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_mixed_version_cluster_drops_no_member_and_decides_on_all() {
+    // "old" runs the previous release: it writes the v1 layout.
+    let cluster = Arc::new(MemoryCluster::new());
+    let me = Arc::new(Flaky {
+        panicking: AtomicBool::new(false),
+        hang_shed: false,
+        count: 100,
+    });
+    let b = Balancer::builder("new", "ws")
+        .config(classic())
+        .spawn(me, Arc::clone(&cluster))
+        .unwrap();
+    let mut rx = b.subscribe();
+    let writer = tokio::spawn({
+        let cluster = Arc::clone(&cluster);
+        async move {
+            for seq in 1.. {
+                let value = clb::core::wire::encode_v1(&shared_report("old", 0, seq));
+                cluster.inject("ws", &"old".into(), &value);
+                sleep(ROUND / 4).await;
+            }
+        }
+    });
+    // Both members count: classic sheds 25 from 100 against 0.
+    let r = wait_round(&mut rx, 4, |r| r.members.len() == 2).await;
+    assert_eq!(r.outcome, RoundOutcome::Shed { n: 25 }, "{r:?}");
+    assert_eq!(
+        b.status().rounds.discarded,
+        0,
+        "no round lost to the upgrade"
+    );
+    writer.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_report_that_cannot_be_read_discards_the_round_and_nothing_is_shed() {
+    let cluster = Arc::new(MemoryCluster::new());
+    let recorder = Recorder::new(100);
+    let b = Balancer::builder("a", "ws")
+        .config(classic())
+        .spawn(Arc::clone(&recorder), Arc::clone(&cluster))
+        .unwrap();
+    let mut rx = b.subscribe();
+    let writer = tokio::spawn({
+        let cluster = Arc::clone(&cluster);
+        async move {
+            for seq in 1u64.. {
+                // A node of a future, incompatible version (or a broken one).
+                cluster.inject("ws", &"b".into(), &format!("v7;{seq};count=0"));
+                sleep(ROUND / 4).await;
+            }
+        }
+    });
+    for _ in 0..3 {
+        let r = wait_round(&mut rx, 2, |_| true).await;
+        assert!(
+            matches!(
+                &r.outcome,
+                RoundOutcome::Discarded {
+                    reason: DiscardReason::InvalidReport { node, .. }
+                } if node.as_str() == "b"
+            ),
+            "{r:?}"
+        );
+        assert_eq!(r.members.len(), 2, "the unreadable member is not left out");
+    }
+    assert_eq!(recorder.shed_so_far(), 0);
+    writer.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn draining_and_readiness_are_one_answer_for_every_caller() {
+    let cluster = Arc::new(MemoryCluster::new());
+    let b = Balancer::builder("a", "ws")
+        .config(classic())
+        .spawn(Recorder::new(3), Arc::clone(&cluster))
+        .unwrap();
+    let mut rx = b.subscribe();
+    wait_round(&mut rx, 2, |_| true).await;
+    let admission = b.admission();
+    assert_eq!(admission.check(3), Ok(()));
+    assert!(b.status().accepting && b.status().refusal.is_none());
+    admission.start_draining();
+    assert_eq!(admission.check(0), Err(clb::Refusal::Draining));
+    let status = b.status();
+    assert!(
+        !status.accepting,
+        "status agrees at once, not a round later"
+    );
+    assert_eq!(status.refusal, Some(clb::Refusal::Draining));
+    assert!(!b.accepting());
 }

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use clb_core::{ClusterView, MemberView, NodeId, Report};
+use clb_core::{MemberRecord, NodeId};
 use tokio::time::Instant;
 
 use super::{BackendError, ClusterBackend};
@@ -34,7 +34,7 @@ struct Inner {
 
 #[derive(Debug)]
 struct Slot {
-    report: Report,
+    value: String,
     changed_at: Instant,
     heard_at: Instant,
 }
@@ -62,6 +62,23 @@ impl MemoryCluster {
         }
     }
 
+    /// Writes `value` as `node`'s report in `namespace`, as a peer of another
+    /// version, or a broken one, would: for tests of what the core does with
+    /// values it cannot read. The slot is fresh, as if just published.
+    pub fn inject(&self, namespace: &str, node: &NodeId, value: &str) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let members = inner.namespaces.entry(namespace.to_owned()).or_default();
+        members.insert(
+            node.clone(),
+            Slot {
+                value: value.to_owned(),
+                changed_at: now,
+                heard_at: now,
+            },
+        );
+    }
+
     /// Fault injection: from now on, `node`'s publishes are lost, as if it had
     /// crashed or been cut off. Others see its report go stale, then the
     /// member disappear after the failure timeout.
@@ -84,30 +101,31 @@ impl MemoryCluster {
 }
 
 impl ClusterBackend for MemoryCluster {
-    async fn publish(&self, namespace: &str, report: &Report) -> Result<(), BackendError> {
+    async fn publish(
+        &self,
+        namespace: &str,
+        node: &NodeId,
+        value: &str,
+    ) -> Result<(), BackendError> {
         let now = Instant::now();
         let mut inner = self.lock();
-        if inner.isolated.contains(&report.node) {
-            return Ok(());
-        }
-        if !report.is_valid() {
-            metrics::counter!("clb_rejected_messages_total", "reason" => "invalid").increment(1);
+        if inner.isolated.contains(node) {
             return Ok(());
         }
         let members = inner.namespaces.entry(namespace.to_owned()).or_default();
-        match members.get_mut(&report.node) {
+        match members.get_mut(node) {
             Some(slot) => {
-                if slot.report.seq != report.seq {
+                if slot.value != value {
                     slot.changed_at = now;
+                    value.clone_into(&mut slot.value);
                 }
                 slot.heard_at = now;
-                slot.report = report.clone();
             }
             None => {
                 members.insert(
-                    report.node.clone(),
+                    node.clone(),
                     Slot {
-                        report: report.clone(),
+                        value: value.to_owned(),
                         changed_at: now,
                         heard_at: now,
                     },
@@ -117,24 +135,23 @@ impl ClusterBackend for MemoryCluster {
         Ok(())
     }
 
-    async fn view(&self, namespace: &str) -> Result<ClusterView, BackendError> {
+    async fn view(&self, namespace: &str) -> Result<Vec<MemberRecord>, BackendError> {
         let now = Instant::now();
         let mut inner = self.lock();
         let timeout = inner.failure_timeout;
         let Some(members) = inner.namespaces.get_mut(namespace) else {
-            return Ok(ClusterView::default());
+            return Ok(Vec::new());
         };
         members.retain(|_, slot| now.duration_since(slot.heard_at) <= timeout);
-        Ok(ClusterView {
-            members: members
-                .values()
-                .map(|slot| MemberView {
-                    node: slot.report.node.clone(),
-                    report: Some(slot.report.clone()),
-                    age: now.duration_since(slot.changed_at),
-                })
-                .collect(),
-        })
+        Ok(members
+            .iter()
+            .map(|(node, slot)| MemberRecord {
+                node: node.clone(),
+                incarnation: 0,
+                value: slot.value.clone(),
+                age: now.duration_since(slot.changed_at),
+            })
+            .collect())
     }
 
     async fn leave(&self, namespace: &str, node: &NodeId) -> Result<(), BackendError> {

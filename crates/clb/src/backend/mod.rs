@@ -1,5 +1,5 @@
 //! How nodes learn each other's reports: the [`ClusterBackend`] trait and its
-//! implementations. Backends translate and transport; they never decide.
+//! implementations. A backend moves bytes; the core decides.
 
 #[cfg(feature = "gossip")]
 pub mod gossip;
@@ -8,36 +8,41 @@ pub mod memory;
 use std::future::Future;
 use std::time::Duration;
 
-use clb_core::{ClusterView, NodeId, Report};
+use clb_core::{MemberRecord, NodeId};
 
 #[cfg(feature = "gossip")]
 pub use gossip::{ClusterKey, GossipBackend, GossipConfig};
 pub use memory::MemoryCluster;
 
 /// A shared medium where every node of a namespace publishes its report and
-/// reads everyone's.
+/// reads everyone's, as opaque values.
 ///
 /// Contract (checked for every backend by the same conformance suite):
-/// - `view` lists every *live* member of the namespace exactly once (deduplicated
-///   by node id), with its latest valid report and the age of that report,
-///   measured on one clock: the time since its `seq` last changed;
+/// - `view` returns one [`MemberRecord`] per live member *incarnation* of the
+///   namespace, with the value exactly as published and its age: the time
+///   since the value last changed, measured on one clock. It never decodes,
+///   drops or repairs a value: a value the core cannot read discards the
+///   round, it is never silently left out;
 /// - namespaces never mix;
 /// - after `leave`, others stop listing the node promptly; a node that stops
 ///   publishing without leaving is dropped by failure detection;
-/// - malformed or forged data is dropped and counted, never returned.
+/// - what arrives from the network in a form the backend cannot even carry
+///   (a forged or malformed datagram, say) is dropped there and counted in
+///   [`crate::metrics::REJECTED_MESSAGES`], and logged at a bounded rate.
 pub trait ClusterBackend: Send + Sync + 'static {
-    /// Publishes this node's report in `namespace`.
+    /// Publishes this node's value in `namespace`.
     fn publish(
         &self,
         namespace: &str,
-        report: &Report,
+        node: &NodeId,
+        value: &str,
     ) -> impl Future<Output = Result<(), BackendError>> + Send;
 
-    /// The live members of `namespace` and their latest reports.
+    /// What the backend holds for the live members of `namespace`, raw.
     fn view(
         &self,
         namespace: &str,
-    ) -> impl Future<Output = Result<ClusterView, BackendError>> + Send;
+    ) -> impl Future<Output = Result<Vec<MemberRecord>, BackendError>> + Send;
 
     /// Leaves `namespace` at once (graceful shutdown).
     fn leave(
@@ -45,6 +50,24 @@ pub trait ClusterBackend: Send + Sync + 'static {
         namespace: &str,
         node: &NodeId,
     ) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// What is wrong with this node's membership right now, if anything
+    /// (a node that was given seeds and has admitted none, say). A problem
+    /// makes the node not ready: it refuses new resources and says why in
+    /// its status. Cheap; called once a round. Default: nothing wrong.
+    fn health(&self) -> BackendHealth {
+        BackendHealth::default()
+    }
+}
+
+/// A backend's view of its own health; see [`ClusterBackend::health`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BackendHealth {
+    /// Why this node should not take new resources, if it should not.
+    pub not_ready: Option<String>,
+    /// Things an operator should know that do not block readiness.
+    pub warnings: Vec<String>,
 }
 
 /// A backend operation failed. The balancer's state is untouched: a failed
@@ -56,6 +79,10 @@ pub enum BackendError {
     /// The backend could not be reached.
     #[error("backend unreachable: {0}")]
     Unreachable(String),
+    /// The backend could not bind or open what it listens on (a port in
+    /// use, say); it did not start.
+    #[error("backend could not start: {0}")]
+    Start(String),
     /// The operation did not finish in time.
     #[error("backend operation timed out after {0:?}")]
     TimedOut(Duration),
