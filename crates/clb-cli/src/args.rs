@@ -4,7 +4,19 @@
 use std::time::Duration;
 
 use clap::Args;
+use clb::adapter::websocket::WsLimits;
 use clb_core::{Config, Strategy};
+
+/// A cap that can be turned off: a number, or `none`. A newtype rather than
+/// `Option<Option<T>>`, which clap cannot parse into from a custom parser.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Cap<T>(pub Option<T>);
+
+impl<T: std::fmt::Display> Cap<T> {
+    fn to_arg(&self) -> String {
+        self.0.as_ref().map_or("none".into(), |v| v.to_string())
+    }
+}
 
 /// Every [`Config`] field as a flag. Unset flags keep the preset's value.
 #[derive(Args, Debug, Clone)]
@@ -24,8 +36,8 @@ pub struct ConfigArgs {
     pub shed_percentage: Option<f64>,
     /// Most shed by one node in one round; "none" for no absolute cap
     /// (default: none; classic 100).
-    #[arg(long, value_parser = parse_opt_u64)]
-    pub max_shed_count: Option<Option<u64>>,
+    #[arg(long, value_parser = parse_cap_u64)]
+    pub max_shed_count: Option<Cap<u64>>,
     /// Smallest amount worth shedding (default: 1; classic 10).
     #[arg(long)]
     pub min_shed_count: Option<u64>,
@@ -37,8 +49,8 @@ pub struct ConfigArgs {
     pub abs_tolerance: Option<u64>,
     /// Hard cap per round as a share of the node's count; "none" to turn off
     /// (default: classic: none, else 0.1).
-    #[arg(long, value_parser = parse_opt_f64)]
-    pub max_shed_fraction: Option<Option<f64>>,
+    #[arg(long, value_parser = parse_cap_f64)]
+    pub max_shed_fraction: Option<Cap<f64>>,
     /// Rounds to hold shedding after a membership change (default: classic: 0, else 2).
     #[arg(long)]
     pub settle_rounds: Option<u32>,
@@ -70,48 +82,26 @@ impl ConfigArgs {
             _ => Config::default(),
         };
         c.strategy = self.strategy;
-        if let Some(v) = self.round_duration {
-            c.round_duration = v;
-        }
-        if let Some(v) = self.allowed_average_deviation_percent {
-            c.allowed_average_deviation_percent = v;
-        }
-        if let Some(v) = self.shed_percentage {
-            c.shed_percentage = v;
-        }
-        if let Some(v) = self.max_shed_count {
-            c.max_shed_count = v;
-        }
-        if let Some(v) = self.min_shed_count {
-            c.min_shed_count = v;
-        }
-        if let Some(v) = self.stop_band_percent {
-            c.stop_band_percent = v;
-        }
-        if let Some(v) = self.abs_tolerance {
-            c.abs_tolerance = v;
-        }
-        if let Some(v) = self.max_shed_fraction {
-            c.max_shed_fraction = v;
-        }
-        if let Some(v) = self.settle_rounds {
-            c.settle_rounds = v;
-        }
-        if let Some(v) = self.pacing_window {
-            c.pacing_window = v;
-        }
-        if let Some(v) = self.pacing_max_batches {
-            c.pacing_max_batches = v;
-        }
-        if let Some(v) = self.admission {
-            c.admission_control = v;
-        }
-        if self.dry_run {
-            c.dry_run = true;
-        }
-        if let Some(v) = self.weight {
-            c.weight = v;
-        }
+        set(&mut c.round_duration, self.round_duration);
+        set(
+            &mut c.allowed_average_deviation_percent,
+            self.allowed_average_deviation_percent,
+        );
+        set(&mut c.shed_percentage, self.shed_percentage);
+        set(&mut c.max_shed_count, self.max_shed_count.map(|Cap(v)| v));
+        set(&mut c.min_shed_count, self.min_shed_count);
+        set(&mut c.stop_band_percent, self.stop_band_percent);
+        set(&mut c.abs_tolerance, self.abs_tolerance);
+        set(
+            &mut c.max_shed_fraction,
+            self.max_shed_fraction.map(|Cap(v)| v),
+        );
+        set(&mut c.settle_rounds, self.settle_rounds);
+        set(&mut c.pacing_window, self.pacing_window);
+        set(&mut c.pacing_max_batches, self.pacing_max_batches);
+        set(&mut c.admission_control, self.admission);
+        c.dry_run |= self.dry_run;
+        set(&mut c.weight, self.weight);
         c.validate()?;
         Ok(c)
     }
@@ -143,8 +133,7 @@ impl ConfigArgs {
         );
         push(
             "max-shed-count",
-            self.max_shed_count
-                .map(|v| v.map_or("none".into(), |n| n.to_string())),
+            self.max_shed_count.as_ref().map(Cap::to_arg),
         );
         push("min-shed-count", self.min_shed_count.map(|v| v.to_string()));
         push(
@@ -154,8 +143,7 @@ impl ConfigArgs {
         push("abs-tolerance", self.abs_tolerance.map(|v| v.to_string()));
         push(
             "max-shed-fraction",
-            self.max_shed_fraction
-                .map(|v| v.map_or("none".into(), |n| n.to_string())),
+            self.max_shed_fraction.as_ref().map(Cap::to_arg),
         );
         push("settle-rounds", self.settle_rounds.map(|v| v.to_string()));
         push("pacing-window", self.pacing_window.map(|v| v.to_string()));
@@ -180,32 +168,72 @@ fn parse_strategy(s: &str) -> Result<Strategy, String> {
     s.parse().map_err(|e: clb_core::ConfigError| e.to_string())
 }
 
-/// `10s`, `500ms`, `1m`, or a bare number of seconds.
+/// The longest duration any flag takes: longer is a typo, not a setting.
+const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// `10s`, `500ms`, `1m`, or a bare number of seconds; at most a week.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    if let Ok(secs) = s.parse::<f64>() {
-        if secs.is_finite() && secs >= 0.0 {
-            return Ok(Duration::from_secs_f64(secs));
+    let d = match s.parse::<f64>() {
+        Ok(secs) => Duration::try_from_secs_f64(secs)
+            .map_err(|_| format!("expected a duration of at most a week, got {s:?}"))?,
+        Err(_) => {
+            humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 10s, 500ms)"))?
         }
+    };
+    if d > MAX_DURATION {
+        return Err(format!("expected a duration of at most a week, got {s:?}"));
     }
-    humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 10s, 500ms)"))
+    Ok(d)
 }
 
-fn parse_opt_u64(s: &str) -> Result<Option<u64>, String> {
+/// A duration, or `none` to turn the feature off.
+pub fn parse_opt_duration(s: &str) -> Result<Cap<Duration>, String> {
     match s {
-        "none" | "off" => Ok(None),
+        "none" | "off" => Ok(Cap(None)),
+        _ => parse_duration(s).map(|d| Cap(Some(d))),
+    }
+}
+
+/// A size in bytes: `4096`, `4KiB`, `64KiB`, `1MiB` (also `K`, `M`, `G`).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" | "k" | "kB" | "KB" => 1 << 10,
+        "M" | "MiB" | "MB" => 1 << 20,
+        "G" | "GiB" | "GB" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "expected a size like 4096, 64KiB or 1MiB, got {s:?}"
+            ));
+        }
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| format!("expected a size like 4096, 64KiB or 1MiB, got {s:?}"))
+}
+
+fn parse_cap_u64(s: &str) -> Result<Cap<u64>, String> {
+    match s {
+        "none" | "off" => Ok(Cap(None)),
         _ => s
             .parse()
-            .map(Some)
+            .map(|n| Cap(Some(n)))
             .map_err(|_| format!("expected a whole number or \"none\", got {s:?}")),
     }
 }
 
-fn parse_opt_f64(s: &str) -> Result<Option<f64>, String> {
+fn parse_cap_f64(s: &str) -> Result<Cap<f64>, String> {
     match s {
-        "none" | "off" => Ok(None),
+        "none" | "off" => Ok(Cap(None)),
         _ => s
             .parse()
-            .map(Some)
+            .map(|n| Cap(Some(n)))
             .map_err(|_| format!("expected a number or \"none\", got {s:?}")),
     }
 }
@@ -227,5 +255,124 @@ pub fn parse_on_off(s: &str) -> Result<bool, String> {
         "on" | "true" | "yes" => Ok(true),
         "off" | "false" | "no" => Ok(false),
         _ => Err(format!("expected on or off, got {s:?}")),
+    }
+}
+
+/// Every WebSocket limit as a flag; unset flags keep [`WsLimits::default`].
+#[derive(Args, Debug, Clone, Default)]
+pub struct LimitArgs {
+    /// Most WebSocket connections held at once; beyond it upgrades get 503
+    /// (default: 10000, lowered to fit the open-file limit).
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Connections not (yet) upgraded, per listener; beyond it a connection
+    /// gets 503 and is closed (default: 1024).
+    #[arg(long)]
+    pub max_pending_connections: Option<usize>,
+    /// Largest WebSocket message accepted; larger gets close 1009
+    /// (default: 64KiB).
+    #[arg(long, value_parser = parse_size)]
+    pub max_message_size: Option<usize>,
+    /// Largest WebSocket frame accepted (default: 64KiB).
+    #[arg(long, value_parser = parse_size)]
+    pub max_frame_size: Option<usize>,
+    /// Read buffer per connection, most of its idle memory (default: 4KiB).
+    #[arg(long, value_parser = parse_size)]
+    pub ws_read_buffer: Option<usize>,
+    /// Outgoing bytes gathered before writing; 0 writes at once (default: 0).
+    #[arg(long, value_parser = parse_size)]
+    pub ws_write_buffer: Option<usize>,
+    /// Most outgoing bytes queued per connection, pongs included
+    /// (default: 256KiB).
+    #[arg(long, value_parser = parse_size)]
+    pub ws_max_write_buffer: Option<usize>,
+    /// Longest a send waits for a client to read; then it is dropped
+    /// (default: 10s).
+    #[arg(long, value_parser = parse_duration)]
+    pub ws_send_timeout: Option<Duration>,
+    /// Time between pings to each connection (default: 30s).
+    #[arg(long, value_parser = parse_duration)]
+    pub ws_ping_interval: Option<Duration>,
+    /// Close a connection silent for this long, pongs included (default: 90s).
+    #[arg(long, value_parser = parse_duration)]
+    pub ws_idle_timeout: Option<Duration>,
+    /// Longest a close may take before the connection is dropped (default: 3s).
+    #[arg(long, value_parser = parse_duration)]
+    pub close_deadline: Option<Duration>,
+    /// Longest request headers may take to arrive, and an HTTP connection
+    /// may sit idle (default: 10s).
+    #[arg(long, value_parser = parse_duration)]
+    pub handshake_timeout: Option<Duration>,
+}
+
+impl LimitArgs {
+    /// The defaults with every given flag applied, validated.
+    pub fn to_limits(&self) -> Result<WsLimits, clb_core::ConfigError> {
+        let mut l = WsLimits::default();
+        let d = &mut l;
+        set(&mut d.max_connections, self.max_connections);
+        set(&mut d.max_pending_connections, self.max_pending_connections);
+        set(&mut d.max_message_size, self.max_message_size);
+        set(&mut d.max_frame_size, self.max_frame_size);
+        set(&mut d.read_buffer_size, self.ws_read_buffer);
+        set(&mut d.write_buffer_size, self.ws_write_buffer);
+        set(&mut d.max_write_buffer_size, self.ws_max_write_buffer);
+        set(&mut d.send_timeout, self.ws_send_timeout);
+        set(&mut d.ping_interval, self.ws_ping_interval);
+        set(&mut d.idle_timeout, self.ws_idle_timeout);
+        set(&mut d.close_deadline, self.close_deadline);
+        set(&mut d.handshake_timeout, self.handshake_timeout);
+        // Defaults that depend on a given flag follow it, so one flag is
+        // never refused for another flag's default.
+        if self.max_frame_size.is_none() {
+            d.max_frame_size = d.max_frame_size.min(d.max_message_size);
+        }
+        if self.ws_max_write_buffer.is_none() {
+            d.max_write_buffer_size = d
+                .max_write_buffer_size
+                .max(d.write_buffer_size + d.max_message_size + 1);
+        }
+        if self.ws_idle_timeout.is_none() {
+            d.idle_timeout = d.idle_timeout.max(d.ping_interval * 3);
+        }
+        l.validate()?;
+        Ok(l)
+    }
+}
+
+fn set<T>(field: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *field = v;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_refuse_what_does_not_fit() {
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        for bad in ["1e30", "-1", "NaN", "inf", "8d", "", "soon"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sizes_take_units_and_refuse_overflow() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        for bad in [
+            "-1",
+            "1.5KiB",
+            "99999999999999999999",
+            "1 furlong",
+            "",
+            "17179869184G",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
     }
 }

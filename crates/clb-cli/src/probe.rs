@@ -1,6 +1,5 @@
-//! Loopback helpers: free ports for nodes, and a minimal HTTP/1.1 GET for
-//! polling a node's `/status`, `/metrics` and `/health/ready` without an
-//! HTTP client dependency.
+//! A minimal HTTP/1.1 GET for polling a node's `/status`, `/metrics` and
+//! `/health/ready` on loopback without an HTTP client dependency.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -8,16 +7,6 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// A loopback TCP address free right now (bound, read, released).
-pub fn free_tcp() -> std::io::Result<SocketAddr> {
-    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
-}
-
-/// A loopback UDP address free right now (bound, read, released).
-pub fn free_udp() -> std::io::Result<SocketAddr> {
-    std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()
-}
 
 /// GETs `path` from `addr`; returns the status code and the body.
 pub async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {

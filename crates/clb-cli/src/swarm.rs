@@ -5,8 +5,8 @@
 //! connect tries another random node. Clients that honour steering hints go
 //! to the node named in the close reason or the 503 first.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use clb::adapter::websocket::{CLOSE_RESTART, Close};
@@ -57,6 +57,7 @@ pub struct SwarmStats {
 /// A running swarm; dropping it disconnects every client.
 pub struct Swarm {
     stats: Arc<SwarmStats>,
+    nodes: Arc<RwLock<Vec<String>>>,
     stop_tx: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -65,6 +66,7 @@ impl Swarm {
     /// Starts every client; they connect concurrently.
     pub fn start(config: SwarmConfig) -> Self {
         let stats = Arc::new(SwarmStats::default());
+        let nodes = Arc::new(RwLock::new(config.nodes.clone()));
         let (stop_tx, stop_rx) = watch::channel(false);
         let config = Arc::new(config);
         let mut tasks = JoinSet::new();
@@ -73,6 +75,7 @@ impl Swarm {
                 StdRng::seed_from_u64(config.seed.wrapping_mul(1_000_003).wrapping_add(i as u64));
             tasks.spawn(client(
                 Arc::clone(&config),
+                Arc::clone(&nodes),
                 Arc::clone(&stats),
                 rng,
                 stop_rx.clone(),
@@ -80,8 +83,18 @@ impl Swarm {
         }
         Swarm {
             stats,
+            nodes,
             stop_tx,
             tasks,
+        }
+    }
+
+    /// Node `i` is now reached at `url` (it restarted on another port):
+    /// from now on clients that pick it go there.
+    pub fn set_node(&self, i: usize, url: String) {
+        let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = nodes.get_mut(i) {
+            *slot = url;
         }
     }
 
@@ -114,17 +127,23 @@ enum Ended {
 
 async fn client(
     config: Arc<SwarmConfig>,
+    nodes: Arc<RwLock<Vec<String>>>,
     stats: Arc<SwarmStats>,
     mut rng: StdRng,
     mut stop_rx: watch::Receiver<bool>,
 ) {
     let follows_hints = rng.random_bool(config.hint_followers.clamp(0.0, 1.0));
-    let mut next: Option<String> = config.first_node.and_then(|i| config.nodes.get(i).cloned());
+    let pick = |rng: &mut StdRng, i: Option<usize>| {
+        let nodes = nodes.read().unwrap_or_else(|p| p.into_inner());
+        let i = i.unwrap_or_else(|| rng.random_range(0..nodes.len().max(1)));
+        nodes.get(i).cloned()
+    };
+    let mut next: Option<String> = config.first_node.and_then(|i| pick(&mut rng, Some(i)));
     loop {
         let hinted = next.is_some();
-        let url = next
-            .take()
-            .unwrap_or_else(|| config.nodes[rng.random_range(0..config.nodes.len())].clone());
+        let Some(url) = next.take().or_else(|| pick(&mut rng, None)) else {
+            return;
+        };
         let ended = tokio::select! {
             ended = session(&url, &stats, hinted) => ended,
             _ = stop_rx.changed() => Ended::Stop,

@@ -63,8 +63,11 @@ pub struct DemoArgs {
     config: ConfigArgs,
 }
 
-/// File descriptors each process needs beyond its connections.
-const FD_OVERHEAD: u64 = 256;
+/// File descriptors each process needs beyond its connections (a node's
+/// pending-connection bound, twice, and the rest).
+const FD_OVERHEAD: u64 = 512;
+/// The pending-connection bound of the demo's nodes.
+const NODE_PENDING: usize = 64;
 
 /// Runs the demo to its summary; every node process is gone when it returns.
 pub fn run(mut args: DemoArgs) -> anyhow::Result<()> {
@@ -79,6 +82,18 @@ pub fn run(mut args: DemoArgs) -> anyhow::Result<()> {
             "hint_followers must be in [0, 1], got {}",
             args.hint_followers
         );
+    }
+    if args.restart_gap > Duration::from_secs(60) {
+        bail!(
+            "restart_gap must be in [0s, 60s], got {:?}",
+            args.restart_gap
+        );
+    }
+    if !(1..=10_000).contains(&args.max_rounds) {
+        bail!("max_rounds must be in [1, 10000], got {}", args.max_rounds);
+    }
+    if let Some(path) = &args.plot {
+        crate::cmd::check_writable(path).context("--plot")?;
     }
     // Rounds of a second keep the demo to about a minute.
     args.config
@@ -130,6 +145,11 @@ async fn demo(args: &DemoArgs, config: &clb::Config) -> anyhow::Result<()> {
     node_args.extend([
         "--gossip-interval".to_owned(),
         format!("{}ms", gossip.as_millis()),
+        // Any node may briefly hold every client.
+        "--max-connections".to_owned(),
+        args.clients.to_string(),
+        "--max-pending-connections".to_owned(),
+        NODE_PENDING.to_string(),
     ]);
     let log_dir = std::env::temp_dir().join(format!("clb-demo-{}", std::process::id()));
     let out_is_json = args.json;
@@ -151,19 +171,15 @@ async fn demo(args: &DemoArgs, config: &clb::Config) -> anyhow::Result<()> {
 
     let mut cluster = Cluster::start(args.nodes, node_args, &log_dir).await?;
     let ids: Vec<String> = cluster.nodes.iter().map(|n| n.id.clone()).collect();
-    let http: Vec<_> = cluster.nodes.iter().map(|n| n.http).collect();
-    let watch = Watch::new(ids.clone(), http.clone());
-    for addr in &http {
-        wait_members(*addr, args.nodes, Duration::from_secs(30)).await?;
+    let bound: Vec<_> = cluster.nodes.iter().filter_map(|n| n.bound).collect();
+    let watch = Watch::new(ids.clone(), bound.iter().map(|b| b.http).collect());
+    for b in &bound {
+        wait_members(b.http, args.nodes, Duration::from_secs(30)).await?;
     }
 
     watch.set_phase(Phase::Connecting);
     let swarm = Swarm::start(SwarmConfig {
-        nodes: cluster
-            .nodes
-            .iter()
-            .map(|n| format!("ws://{}/ws", n.ws))
-            .collect(),
+        nodes: bound.iter().map(|b| format!("ws://{}/ws", b.ws)).collect(),
         clients: args.clients,
         seed: args.seed,
         backoff: (Duration::from_millis(50), Duration::from_millis(500)),
@@ -192,10 +208,12 @@ async fn demo(args: &DemoArgs, config: &clb::Config) -> anyhow::Result<()> {
         watch.mark(format!("restart {id}"));
         watch.set_down(i, true);
         cluster.stop(i).await?;
-        cluster.spawn(i).await?;
+        let fresh = cluster.spawn(i).await?;
+        swarm.set_node(i, format!("ws://{}/ws", fresh.ws));
+        watch.set_http(i, fresh.http);
         watch.set_down(i, false);
-        for addr in &http {
-            wait_members(*addr, args.nodes, Duration::from_secs(30)).await?;
+        for b in cluster.nodes.iter().filter_map(|n| n.bound) {
+            wait_members(b.http, args.nodes, Duration::from_secs(30)).await?;
         }
         if i + 1 < args.nodes {
             sleep(args.restart_gap).await;
@@ -279,7 +297,7 @@ async fn demo(args: &DemoArgs, config: &clb::Config) -> anyhow::Result<()> {
         "closed_1012": swarm_stats.closed_1012.load(Ordering::Relaxed),
         "refused_503": swarm_stats.refused_503.load(Ordering::Relaxed),
         "node_pids": cluster.nodes.iter().flat_map(|n| n.pids.iter().copied()).collect::<Vec<u32>>(),
-        "node_ports": cluster.nodes.iter().map(|n| json!({"id": n.id, "ws": n.ws.to_string(), "http": n.http.to_string(), "gossip": n.gossip.to_string()})).collect::<Vec<_>>(),
+        "node_ports": cluster.nodes.iter().flat_map(|n| n.history.iter().map(|b| json!({"id": n.id, "ws": b.ws.to_string(), "http": b.http.to_string(), "gossip": b.gossip.to_string()}))).collect::<Vec<_>>(),
     });
     swarm.stop().await;
     cluster.shutdown().await;

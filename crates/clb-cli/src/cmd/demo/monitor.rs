@@ -59,7 +59,8 @@ pub struct Sample {
 /// Shared between the orchestration and the monitor task.
 pub struct Watch {
     pub ids: Vec<String>,
-    http: Vec<SocketAddr>,
+    /// Each node's HTTP address; a restarted node gets a new one.
+    http: Mutex<Vec<SocketAddr>>,
     pub phase: Mutex<Phase>,
     pub down: Mutex<Vec<bool>>,
     pub samples: Mutex<Vec<Sample>>,
@@ -77,7 +78,7 @@ impl Watch {
         let n = ids.len();
         Arc::new(Watch {
             ids,
-            http,
+            http: Mutex::new(http),
             phase: Mutex::new(Phase::Starting),
             down: Mutex::new(vec![false; n]),
             samples: Mutex::new(Vec::new()),
@@ -92,6 +93,13 @@ impl Watch {
 
     pub fn set_down(&self, i: usize, down: bool) {
         lock(&self.down)[i] = down;
+    }
+
+    /// Node `i` answers on `addr` from now on.
+    pub fn set_http(&self, i: usize, addr: SocketAddr) {
+        if let Some(slot) = lock(&self.http).get_mut(i) {
+            *slot = addr;
+        }
     }
 
     /// Seconds since the clients started (0 before).
@@ -118,8 +126,9 @@ impl Watch {
 
     async fn sample(&self) -> Sample {
         let down = lock(&self.down).clone();
-        let mut nodes = Vec::with_capacity(self.http.len());
-        for (i, addr) in self.http.iter().enumerate() {
+        let http = lock(&self.http).clone();
+        let mut nodes = Vec::with_capacity(http.len());
+        for (i, addr) in http.iter().enumerate() {
             let status = if down[i] {
                 None
             } else {

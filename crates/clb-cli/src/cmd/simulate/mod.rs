@@ -24,10 +24,10 @@ pub struct SimulateArgs {
     #[arg(long, value_enum, conflicts_with = "counts")]
     scenario: Option<ScenarioName>,
     /// Nodes in the scenario.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, conflicts_with = "counts")]
     nodes: usize,
     /// Clients in the scenario.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, conflicts_with = "counts")]
     clients: u64,
     /// Explicit counts, e.g. 100,0,0 (instead of a scenario).
     #[arg(long)]
@@ -95,6 +95,9 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
             args.clients,
         )),
     };
+    if let Some(path) = &args.plot {
+        crate::cmd::check_writable(path).context("--plot")?;
+    }
     let runs = args.runs.unwrap_or(if args.compare { 20 } else { 1 });
     if runs == 0 || runs > 10_000 {
         bail!("runs must be in [1, 10000], got {runs}");

@@ -134,6 +134,21 @@ impl GossipConfig {
                 range: "[1, 100]".into(),
             });
         }
+        let advertised = self.advertise_addr.unwrap_or(self.listen_addr);
+        if advertised.ip().is_unspecified() {
+            return Err(ConfigError::Invalid {
+                field: "advertise_addr",
+                value: advertised.to_string(),
+                expected: "the address peers reach this node at (set it when listening on 0.0.0.0 or [::])",
+            });
+        }
+        if self.advertise_addr.is_some_and(|a| a.port() == 0) {
+            return Err(ConfigError::Invalid {
+                field: "advertise_addr",
+                value: advertised.to_string(),
+                expected: "an address with a port",
+            });
+        }
         if self.seeds.len() > 1024 {
             return Err(ConfigError::OutOfRange {
                 field: "seeds",
@@ -268,15 +283,8 @@ impl GossipBackend {
         let local_addr = socket
             .local_addr()
             .map_err(|e| BackendError::Start(format!("reading the gossip address: {e}")))?;
+        // Checked by `validate`: neither unspecified nor port 0 once bound.
         let advertise = config.advertise_addr.unwrap_or(local_addr);
-        if advertise.ip().is_unspecified() || advertise.port() == 0 {
-            return Err(ConfigError::Invalid {
-                field: "advertise_addr",
-                value: advertise.to_string(),
-                expected: "the address peers reach this node at (set it when listening on 0.0.0.0 or [::])",
-            }
-            .into());
-        }
         let mut own = vec![advertise];
         if !local_addr.ip().is_unspecified() && local_addr != advertise {
             own.push(local_addr);
@@ -570,9 +578,15 @@ impl ClusterBackend for GossipBackend {
                 "no seed admitted in {:.0?} of gossip (seeds: {seeds})",
                 waited
             );
-            if let Some(rejections) = self.rejections_summary() {
-                why.push_str("; ");
-                why.push_str(&rejections);
+            match self.rejections_summary() {
+                Some(rejections) => {
+                    why.push_str("; ");
+                    why.push_str(&rejections);
+                }
+                None => why.push_str(
+                    "; no seed answered: they are down or unreachable, or have another cluster key \
+                     (a node never answers datagrams it cannot verify)",
+                ),
             }
             health.not_ready = Some(why);
         } else if let Some(rejections) = self.rejections_summary() {
