@@ -302,6 +302,43 @@ async fn silent_connections_are_dropped_and_cannot_lock_out_health_or_upgrades()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_a_file_limit_of_1024_a_thousand_silent_connections_lock_nothing_out() {
+    let _serial = SERIAL.lock().await;
+    // The limit many machines still start processes with; default caps.
+    let node = start(&Spec {
+        file_limit: Some(1024),
+        extra: &["--handshake-timeout", "1s"],
+        ..Spec::new("n0")
+    });
+    assert!(
+        node.log().contains("lowered"),
+        "the caps were fitted to the limit, and it said so"
+    );
+    let mut silent = Vec::new();
+    for _ in 0..1010 {
+        silent.push(TcpStream::connect(node.http).await.unwrap());
+    }
+    // Upgrades never stopped: the WebSocket listener has its own bound.
+    let url = format!("ws://{}/ws", node.ws);
+    let (ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    // Health answers (503 while the HTTP listener is saturated, then 200
+    // once the silent connections hit the handshake timeout) and says so.
+    until(
+        Duration::from_secs(10),
+        "/health/ready answers 200",
+        || async {
+            probe::get(node.http, "/health/ready")
+                .await
+                .is_ok_and(|(code, _)| code == 200)
+        },
+    )
+    .await;
+    assert!(node.log().contains("refused"), "the refusals are logged");
+    assert_eq!(status(&node).await["count"], 1);
+    drop((ws, silent));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_answers_pings_is_closed_going_away() {
     let _serial = SERIAL.lock().await;
     let node = start(&Spec {

@@ -280,3 +280,70 @@ async fn a_node_whose_seeds_never_answer_is_not_ready_and_says_why() {
     lonely.shutdown().await;
     alone.shutdown().await;
 }
+
+/// A node of the previous release, over real gossip: it writes the v1
+/// layout; a balancer of this release counts it and decides on both.
+#[tokio::test]
+async fn a_mixed_version_gossip_cluster_drops_no_member_and_decides_on_all() {
+    use std::sync::Arc;
+
+    use clb::{Balancer, Config, Event, Resource, ResourceError, RoundOutcome, ShedRequest};
+
+    struct Fixed(u64);
+    impl Resource for Fixed {
+        async fn count(&self) -> Result<u64, ResourceError> {
+            Ok(self.0)
+        }
+        async fn shed(&self, request: ShedRequest) -> Result<u64, ResourceError> {
+            Ok(request.n)
+        }
+    }
+
+    let old = GossipBackend::start(gossip_config("old", &[], None))
+        .await
+        .unwrap();
+    let new = Arc::new(
+        GossipBackend::start(gossip_config("new", &[old.local_addr()], None))
+            .await
+            .unwrap(),
+    );
+    let config = Config {
+        round_duration: Duration::from_millis(500),
+        dry_run: true,
+        ..Config::classic()
+    };
+    let balancer = Balancer::builder("new", "ws")
+        .config(config)
+        .spawn(Arc::new(Fixed(100)), Arc::clone(&new))
+        .unwrap();
+    let mut events = balancer.subscribe();
+    let writer = async {
+        for seq in 1.. {
+            let value = wire::encode_v1(&report("old", 0, seq));
+            old.publish("ws", &"old".into(), &value).await.unwrap();
+            sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let decided = async {
+        loop {
+            if let Ok(Event::Round(r)) = events.recv().await {
+                if r.members.len() == 2 {
+                    return r;
+                }
+            }
+        }
+    };
+    let round = tokio::select! {
+        r = decided => r,
+        () = writer => unreachable!(),
+        () = sleep(Duration::from_secs(15)) => panic!("no round with both members"),
+    };
+    // Decided on both (100 against 0): classic would shed 25, dry run holds it.
+    assert!(
+        matches!(round.outcome, RoundOutcome::Held { would_shed: 25, .. }),
+        "{round:?}"
+    );
+    balancer.shutdown().await;
+    old.shutdown().await;
+    new.shutdown().await;
+}

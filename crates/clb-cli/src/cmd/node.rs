@@ -154,7 +154,7 @@ impl NodeArgs {
             gossip.join_timeout = timeout;
         }
         gossip.validate()?;
-        fit_file_limit(&mut limits, self.limits.max_connections.is_some())?;
+        fit_file_limit(&mut limits, &self.limits)?;
         Ok(Plan {
             config,
             limits,
@@ -180,33 +180,47 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     runtime.block_on(serve(plan))
 }
 
-/// Raises the open-file limit to what the connection cap needs. An explicit
-/// `--max-connections` that does not fit is an error; the default is lowered
-/// to fit, with a warning.
-fn fit_file_limit(limits: &mut WsLimits, explicit: bool) -> anyhow::Result<()> {
-    let reserve = 2 * limits.max_pending_connections as u64 + FD_OVERHEAD;
-    let needed = limits.max_connections as u64 + reserve;
+/// Raises the open-file limit to what the connection caps need. Explicit
+/// caps that do not fit are an error; default caps are lowered to fit, with
+/// a warning (a machine whose limit is 1,024 still runs a node).
+fn fit_file_limit(limits: &mut WsLimits, explicit: &LimitArgs) -> anyhow::Result<()> {
+    let needed = |l: &WsLimits| {
+        l.max_connections as u64 + 2 * l.max_pending_connections as u64 + FD_OVERHEAD
+    };
+    let wanted = needed(limits);
     #[cfg(unix)]
-    let got = rlimit::increase_nofile_limit(needed).unwrap_or(0);
+    let got = rlimit::increase_nofile_limit(wanted).unwrap_or(0);
     #[cfg(not(unix))]
-    let got = needed;
-    if got >= needed {
+    let got = wanted;
+    if got >= wanted {
         return Ok(());
     }
-    let fits = got.saturating_sub(reserve);
-    if explicit || fits < 16 {
+    let before = (limits.max_connections, limits.max_pending_connections);
+    if explicit.max_pending_connections.is_none() {
+        let share = usize::try_from(got / 8).unwrap_or(usize::MAX).max(16);
+        limits.max_pending_connections = limits.max_pending_connections.min(share);
+    }
+    if explicit.max_connections.is_none() {
+        let reserve = 2 * limits.max_pending_connections as u64 + FD_OVERHEAD;
+        let fits = usize::try_from(got.saturating_sub(reserve)).unwrap_or(usize::MAX);
+        limits.max_connections = limits.max_connections.min(fits);
+    }
+    if needed(limits) > got || limits.max_connections < 16 {
         bail!(
             "the open-file limit is {got}, too low for --max-connections {} with --max-pending-connections {} \
-             (needs {needed}): raise it with `ulimit -n {needed}`, or lower --max-connections",
-            limits.max_connections,
-            limits.max_pending_connections
+             (needs {wanted}): raise it with `ulimit -n {wanted}`, or lower them",
+            before.0,
+            before.1
         );
     }
     tracing::warn!(
-        "the open-file limit is {got}: max_connections lowered from {} to {fits} to fit (raise it with `ulimit -n {needed}`)",
-        limits.max_connections
+        "the open-file limit is {got}: max_connections lowered from {} to {} and max_pending_connections \
+         from {} to {} to fit (raise it with `ulimit -n {wanted}`)",
+        before.0,
+        limits.max_connections,
+        before.1,
+        limits.max_pending_connections
     );
-    limits.max_connections = usize::try_from(fits).unwrap_or(usize::MAX);
     Ok(())
 }
 

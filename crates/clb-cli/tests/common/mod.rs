@@ -66,6 +66,8 @@ pub struct Spec<'a> {
     pub seeds: Vec<SocketAddr>,
     pub key: Option<&'a str>,
     pub extra: &'a [&'a str],
+    /// Run under `ulimit -n` of this (soft and hard).
+    pub file_limit: Option<u32>,
 }
 
 impl<'a> Spec<'a> {
@@ -75,6 +77,7 @@ impl<'a> Spec<'a> {
             seeds: Vec::new(),
             key: None,
             extra: &[],
+            file_limit: None,
         }
     }
 }
@@ -82,21 +85,34 @@ impl<'a> Spec<'a> {
 /// The `clb` binary with nothing inherited that could change its behaviour.
 pub fn clb() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_clb"));
+    clean_env(&mut cmd);
+    cmd
+}
+
+fn clean_env(cmd: &mut Command) {
     cmd.env_remove("CLB_CLUSTER_KEY")
         .env_remove("RUST_BACKTRACE")
         .env("RUST_LOG", "warn,clb=info,clb_cli=info");
-    cmd
 }
 
 /// Starts a node on loopback port 0 and waits for its ready line.
 pub fn start(spec: &Spec<'_>) -> Node {
     let seeds: Vec<String> = spec.seeds.iter().map(ToString::to_string).collect();
-    let mut cmd = clb();
+    let mut cmd = match spec.file_limit {
+        Some(n) => {
+            let mut cmd = Command::new("sh");
+            clean_env(&mut cmd);
+            let script = format!("ulimit -n {n} && exec \"$0\" \"$@\"");
+            cmd.args(["-c", &script, env!("CARGO_BIN_EXE_clb")]);
+            cmd
+        }
+        None => clb(),
+    };
     cmd.args(["node", "--id", spec.id])
         .args(["--gossip-listen", "127.0.0.1:0"])
         .args(["--ws-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
         .args(["--round-duration", "1s", "--gossip-interval", "250ms"]);
-    if !spec.extra.contains(&"--max-connections") {
+    if !spec.extra.contains(&"--max-connections") && spec.file_limit.is_none() {
         // Fits any test machine's open-file limit.
         cmd.args(["--max-connections", "2000"]);
     }
@@ -167,6 +183,7 @@ pub fn cluster(n: usize, extra: &'static [&'static str], key: Option<&'static st
             seeds,
             key,
             extra,
+            file_limit: None,
         }));
     }
     nodes
