@@ -109,7 +109,7 @@ fn valid() -> BTreeMap<(&'static str, &'static str), Vec<&'static str>> {
 }
 
 /// (subcommand, flag) → absurd values, each refused with exit 2.
-fn absurd() -> BTreeMap<(&'static str, &'static str), Vec<String>> {
+fn absurd() -> AbsurdTable {
     let mut t = BTreeMap::new();
     let huge = "x".repeat(10_000);
     let config: Vec<(&str, Vec<&str>)> = vec![
@@ -163,12 +163,7 @@ fn absurd() -> BTreeMap<(&'static str, &'static str), Vec<String>> {
         ("close-deadline", vec!["1ms", "1h"]),
         ("handshake-timeout", vec!["1ms", "1h"]),
     ];
-    for (flag, values) in node {
-        t.insert(
-            ("node", flag),
-            values.iter().map(|v| v.to_string()).collect(),
-        );
-    }
+    add_absurd(&mut t, "node", node);
     let simulate: Vec<(&str, Vec<&str>)> = vec![
         ("scenario", vec!["sideways"]),
         ("nodes", vec!["0", "-1", "100000000"]),
@@ -185,12 +180,7 @@ fn absurd() -> BTreeMap<(&'static str, &'static str), Vec<String>> {
         ("runs", vec!["0", "10001"]),
         ("plot", vec!["/nonexistent-folder/x.svg"]),
     ];
-    for (flag, values) in simulate {
-        t.insert(
-            ("simulate", flag),
-            values.iter().map(|v| v.to_string()).collect(),
-        );
-    }
+    add_absurd(&mut t, "simulate", simulate);
     let demo: Vec<(&str, Vec<&str>)> = vec![
         ("nodes", vec!["1", "17", "-1"]),
         ("clients", vec!["0", "100001"]),
@@ -200,13 +190,16 @@ fn absurd() -> BTreeMap<(&'static str, &'static str), Vec<String>> {
         ("max-rounds", vec!["0", "100000"]),
         ("plot", vec!["/nonexistent-folder/x.svg"]),
     ];
-    for (flag, values) in demo {
-        t.insert(
-            ("demo", flag),
-            values.iter().map(|v| v.to_string()).collect(),
-        );
-    }
+    add_absurd(&mut t, "demo", demo);
     t
+}
+
+type AbsurdTable = BTreeMap<(&'static str, &'static str), Vec<String>>;
+
+fn add_absurd(t: &mut AbsurdTable, sub: &'static str, rows: Vec<(&'static str, Vec<&str>)>) {
+    for (flag, values) in rows {
+        t.insert((sub, flag), values.iter().map(|v| v.to_string()).collect());
+    }
 }
 
 /// Every option of every subcommand, from the definition: (subcommand,

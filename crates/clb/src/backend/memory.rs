@@ -64,19 +64,9 @@ impl MemoryCluster {
 
     /// Writes `value` as `node`'s report in `namespace`, as a peer of another
     /// version, or a broken one, would: for tests of what the core does with
-    /// values it cannot read. The slot is fresh, as if just published.
+    /// values it cannot read. Stored as a publish would store it.
     pub fn inject(&self, namespace: &str, node: &NodeId, value: &str) {
-        let now = Instant::now();
-        let mut inner = self.lock();
-        let members = inner.namespaces.entry(namespace.to_owned()).or_default();
-        members.insert(
-            node.clone(),
-            Slot {
-                value: value.to_owned(),
-                changed_at: now,
-                heard_at: now,
-            },
-        );
+        self.lock().put(namespace, node, value, Instant::now());
     }
 
     /// Fault injection: from now on, `node`'s publishes are lost, as if it had
@@ -97,6 +87,23 @@ impl MemoryCluster {
         self.inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Inner {
+    /// Stores `node`'s value; its age starts again only if it changed.
+    fn put(&mut self, namespace: &str, node: &NodeId, value: &str, now: Instant) {
+        let members = self.namespaces.entry(namespace.to_owned()).or_default();
+        let slot = members.entry(node.clone()).or_insert_with(|| Slot {
+            value: value.to_owned(),
+            changed_at: now,
+            heard_at: now,
+        });
+        if slot.value != value {
+            slot.changed_at = now;
+            value.clone_into(&mut slot.value);
+        }
+        slot.heard_at = now;
     }
 }
 
