@@ -1,10 +1,13 @@
 //! Flags shared by every subcommand that runs a balancer: one per config
 //! field, applied on top of the chosen strategy's preset.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
+use anyhow::bail;
 use clap::Args;
 use clb::adapter::websocket::WsLimits;
+use clb::{ClusterKey, GossipConfig};
 use clb_core::{Config, Strategy};
 
 /// A cap that can be turned off: a number, or `none`. A newtype rather than
@@ -337,6 +340,114 @@ impl LimitArgs {
         }
         l.validate()?;
         Ok(l)
+    }
+}
+
+/// File descriptors a node needs beyond its connections.
+const FD_OVERHEAD: u64 = 256;
+
+impl LimitArgs {
+    /// [`to_limits`](Self::to_limits), with the open-file limit raised to
+    /// what the caps need. Explicit caps that do not fit are an error;
+    /// default caps are lowered to fit, with a warning (a machine whose
+    /// limit is 1,024 still runs a node).
+    pub fn to_fitted_limits(&self) -> anyhow::Result<WsLimits> {
+        let mut limits = self.to_limits()?;
+        let needed = |l: &WsLimits| {
+            l.max_connections as u64 + 2 * l.max_pending_connections as u64 + FD_OVERHEAD
+        };
+        let wanted = needed(&limits);
+        #[cfg(unix)]
+        let got = rlimit::increase_nofile_limit(wanted).unwrap_or(0);
+        #[cfg(not(unix))]
+        let got = wanted;
+        if got >= wanted {
+            return Ok(limits);
+        }
+        let before = (limits.max_connections, limits.max_pending_connections);
+        if self.max_pending_connections.is_none() {
+            let share = usize::try_from(got / 8).unwrap_or(usize::MAX).max(16);
+            limits.max_pending_connections = limits.max_pending_connections.min(share);
+        }
+        if self.max_connections.is_none() {
+            let reserve = 2 * limits.max_pending_connections as u64 + FD_OVERHEAD;
+            let fits = usize::try_from(got.saturating_sub(reserve)).unwrap_or(usize::MAX);
+            limits.max_connections = limits.max_connections.min(fits);
+        }
+        if needed(&limits) > got || limits.max_connections < 16 {
+            bail!(
+                "the open-file limit is {got}, too low for --max-connections {} with --max-pending-connections {} \
+                 (needs {wanted}): raise it with `ulimit -n {wanted}`, or lower them",
+                before.0,
+                before.1
+            );
+        }
+        tracing::warn!(
+            "the open-file limit is {got}: max_connections lowered from {} to {} and max_pending_connections \
+             from {} to {} to fit (raise it with `ulimit -n {wanted}`)",
+            before.0,
+            limits.max_connections,
+            before.1,
+            limits.max_pending_connections
+        );
+        Ok(limits)
+    }
+}
+
+/// How a node gossips: every [`GossipConfig`] field a user sets, as flags.
+#[derive(Args, Debug, Clone)]
+pub struct GossipArgs {
+    /// UDP address to gossip on (port 0: any free port, see the ready line).
+    #[arg(long, default_value = "127.0.0.1:7946")]
+    pub gossip_listen: SocketAddr,
+    /// Address peers gossip to, if not --gossip-listen (behind NAT, say).
+    #[arg(long)]
+    pub gossip_advertise: Option<SocketAddr>,
+    /// Peers to join, host:port, comma-separated (DNS names are re-resolved).
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Vec<String>,
+    /// Shared secret(s) authenticating gossip, comma-separated: sign with the
+    /// first, accept any (key rotation). At least 16 bytes each.
+    #[arg(
+        long,
+        env = "CLB_CLUSTER_KEY",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub cluster_key: Vec<String>,
+    /// Nodes of different cluster ids ignore each other.
+    #[arg(long, default_value = "clb")]
+    pub cluster_id: String,
+    /// Time between gossip rounds.
+    #[arg(long, default_value = "250ms", value_parser = parse_duration)]
+    pub gossip_interval: Duration,
+    /// Incarnation number, larger after every restart (default: start time in ms).
+    #[arg(long)]
+    pub generation: Option<u64>,
+    /// Not ready if given seeds and none admitted this long after start;
+    /// "none" to never (default: 30s).
+    #[arg(long, value_parser = parse_opt_duration)]
+    pub join_timeout: Option<Cap<Duration>>,
+}
+
+impl GossipArgs {
+    /// The gossip config of node `id`, validated.
+    pub fn to_config(&self, id: &str) -> Result<GossipConfig, clb_core::ConfigError> {
+        let mut gossip = GossipConfig::new(id, self.gossip_listen);
+        gossip.advertise_addr = self.gossip_advertise;
+        gossip.seeds = self.seeds.clone();
+        gossip.cluster_id = self.cluster_id.clone();
+        gossip.keys = self
+            .cluster_key
+            .iter()
+            .filter(|k| !k.is_empty())
+            .map(ClusterKey::new)
+            .collect::<Result<Vec<_>, _>>()?;
+        gossip.gossip_interval = self.gossip_interval;
+        set(&mut gossip.generation, self.generation);
+        set(&mut gossip.join_timeout, self.join_timeout.map(|Cap(t)| t));
+        gossip.validate()?;
+        Ok(gossip)
     }
 }
 

@@ -5,7 +5,6 @@
 pub mod args;
 pub mod cmd;
 pub mod probe;
-pub mod server;
 pub mod swarm;
 
 use clap::{Parser, Subcommand};

@@ -50,6 +50,7 @@ fn valid() -> BTreeMap<(&'static str, &'static str), Vec<&'static str>> {
         ("http-listen", &["127.0.0.1:0"]),
         ("advertise-url", &["ws://127.0.0.1:1/ws"]),
         ("namespace", &["chat.v2"]),
+        ("shed-policy", &["random", "newest", "idle", "ranked"]),
         (
             "cluster-key",
             &["a-long-enough-cluster-key,another-long-cluster-key"],
@@ -145,6 +146,7 @@ fn absurd() -> AbsurdTable {
         ("http-listen", vec!["nope"]),
         ("advertise-url", vec!["has space", "", &huge]),
         ("namespace", vec!["", "a:b", &huge]),
+        ("shed-policy", vec!["oldest", ""]),
         ("cluster-key", vec!["short"]),
         ("cluster-id", vec!["", &huge]),
         ("gossip-interval", vec!["1e30", "1ms", "5m"]),
@@ -518,4 +520,37 @@ fn a_node_whose_stdout_is_full_serves_anyway_and_stops_cleanly() {
     let rest: Vec<String> = rx.try_iter().collect();
     assert!(status.success(), "{status:?} {rest:?}");
     assert!(!rest.iter().any(|l| l.contains("panicked")), "{rest:?}");
+}
+
+#[test]
+fn a_node_with_quiet_logs_runs_until_it_is_signalled() {
+    // At RUST_LOG=warn the node once awaited its signal inside an info! macro,
+    // which a disabled level skips: it shut down the moment it started.
+    let mut child = clb()
+        .env("RUST_LOG", "warn")
+        .args(command_line("node", "id", Some("quiet")))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let http: std::net::SocketAddr = ready["http"].as_str().unwrap().parse().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    for _ in 0..10 {
+        let (code, _) = runtime
+            .block_on(clb_cli::probe::get(http, "/health/ready"))
+            .unwrap();
+        assert_eq!(code, 200, "the node stopped serving");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the node exited on its own"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
 }

@@ -94,7 +94,7 @@ async fn captured_datagrams_replayed_to_another_node_are_refused_counted_and_nev
         "the refusal is logged"
     );
     assert_eq!(
-        status(&n1).await["gossip_live_nodes"],
+        status(&n1).await["gossip"]["live_nodes"],
         serde_json::json!(["n1"])
     );
 }

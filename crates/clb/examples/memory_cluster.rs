@@ -60,7 +60,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             lb: AtomicU64::new(me as u64),
         });
         balancers.push(
-            Balancer::builder(format!("node-{me}"), "sessions")
+            Balancer::builder("sessions")
+                .node_id(format!("node-{me}"))
                 .config(config.clone())
                 .spawn(sessions, Arc::clone(&cluster))?,
         );

@@ -28,7 +28,8 @@ use crate::worker::{Timeouts, Worker};
 /// use clb::{Balancer, Config, MemoryCluster};
 ///
 /// let cluster = Arc::new(MemoryCluster::new());
-/// let balancer = Balancer::builder("node-1", "websockets")
+/// let balancer = Balancer::builder("websockets")
+///     .node_id("node-1") // a gossip backend knows its own id: no need there
 ///     .config(Config::default())
 ///     .spawn(registry, cluster)?;
 /// let mut events = balancer.subscribe();
@@ -43,13 +44,17 @@ pub struct Balancer {
     events_tx: broadcast::Sender<Event>,
     shutdown_tx: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
+    /// How long the backend needs for a leave to reach every peer.
+    leave_spread: Duration,
 }
 
 impl Balancer {
-    /// Starts building a balancer for `node_id` in `namespace`.
-    pub fn builder(node_id: impl Into<String>, namespace: impl Into<String>) -> Builder {
+    /// Starts building a balancer for `namespace`. The node's id comes from
+    /// the backend when it is bound to one (gossip); otherwise give it with
+    /// [`Builder::node_id`].
+    pub fn builder(namespace: impl Into<String>) -> Builder {
         Builder {
-            node_id: node_id.into(),
+            node_id: None,
             namespace: namespace.into(),
             config: Config::default(),
             address: None,
@@ -93,7 +98,7 @@ impl Balancer {
     /// outstanding calls are dropped, and the node leaves the namespace.
     /// Waits until that is done (at most the backend timeout for the leave).
     pub async fn shutdown(mut self) {
-        self.shared.draining.store(true, Ordering::Relaxed);
+        self.admission().start_draining();
         let _ = self.shutdown_tx.send(true);
         if let Some(task) = self.task.take() {
             // The worker never panics by design; if it did, there is nothing
@@ -101,6 +106,63 @@ impl Balancer {
             let _ = task.await;
         }
     }
+
+    /// Shuts the node down gracefully, in the one order that moves every
+    /// client once and sends none back:
+    ///
+    /// 1. refuse newcomers (upgrades and readiness answer 503 from now on,
+    ///    with no hint: the last round's may name nodes leaving too);
+    /// 2. leave the namespace, so peers stop counting this node and stop
+    ///    steering clients to it;
+    /// 3. wait for the leave to reach every peer
+    ///    ([`ClusterBackend::leave_spread`]);
+    /// 4. ask every connection of `registry` to close (1012, "node shutting
+    ///    down") and wait until they have: each drops itself at
+    ///    `close_deadline` (the one its sessions run with,
+    ///    [`WsLimits::close_deadline`](crate::adapter::websocket::WsLimits::close_deadline)),
+    ///    so this waits a moment past it at most.
+    ///
+    /// Then stop the server and the backend. Returns what it did.
+    pub async fn drain(
+        self,
+        registry: &crate::adapter::websocket::ConnectionRegistry,
+        close_deadline: Duration,
+    ) -> DrainReport {
+        let close_within = close_deadline + close_deadline / 10 + Duration::from_millis(200);
+        let started = Instant::now();
+        let spread = self.leave_spread;
+        self.shutdown().await;
+        tokio::time::sleep(spread).await;
+        let before = registry.len() as u64;
+        let drained = registry
+            .drain(&crate::adapter::websocket::Close::shutdown(), close_within)
+            .await;
+        let report = DrainReport {
+            closed: before.saturating_sub(drained.still_open),
+            still_open: drained.still_open,
+            took: started.elapsed(),
+        };
+        tracing::info!(
+            closed = report.closed,
+            still_open = report.still_open,
+            took_ms = report.took.as_millis() as u64,
+            "drained"
+        );
+        report
+    }
+}
+
+/// What [`Balancer::drain`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DrainReport {
+    /// Connections closed.
+    pub closed: u64,
+    /// Connections still open when the deadline passed (each is dropped at
+    /// its own close deadline).
+    pub still_open: u64,
+    /// How long the whole drain took.
+    pub took: Duration,
 }
 
 impl Drop for Balancer {
@@ -119,8 +181,7 @@ impl Drop for Balancer {
 pub struct Admission(Arc<Shared>);
 
 /// Why a node refuses a new resource; see [`Admission::check`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "refusal", content = "why", rename_all = "snake_case")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Refusal {
     /// The node is shutting down: its clients are moving elsewhere.
@@ -131,6 +192,17 @@ pub enum Refusal {
     /// The node cannot take part in balancing; the text says why (a node
     /// that admitted none of its seeds, an id another process also uses).
     NotReady(String),
+}
+
+impl Refusal {
+    /// `draining`, `rebalancing` or `not_ready`: a metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refusal::Draining => "draining",
+            Refusal::Rebalancing => "rebalancing",
+            Refusal::NotReady(_) => "not_ready",
+        }
+    }
 }
 
 impl fmt::Display for Refusal {
@@ -173,9 +245,16 @@ impl Admission {
     }
 
     /// Refuse every new resource from now on (graceful shutdown: do this
-    /// first, then close what is open). [`Balancer::shutdown`] does it too.
+    /// first, then close what is open), naming no other node: the last
+    /// round's hints may name nodes that are leaving too.
+    /// [`Balancer::shutdown`] and [`Balancer::drain`] do it.
     pub fn start_draining(&self) {
         self.0.draining.store(true, Ordering::Relaxed);
+        self.0
+            .refusal_hints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     /// Whether [`start_draining`](Self::start_draining) was called.
@@ -216,7 +295,7 @@ impl StatusHandle {
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct Builder {
-    node_id: String,
+    node_id: Option<String>,
     namespace: String,
     config: Config,
     address: Option<String>,
@@ -227,6 +306,14 @@ pub struct Builder {
 }
 
 impl Builder {
+    /// This node's id, for a backend that is not bound to one (the
+    /// in-memory cluster). With a backend that is (gossip), it must be the
+    /// backend's or the build is refused.
+    pub fn node_id(mut self, node_id: impl Into<String>) -> Self {
+        self.node_id = Some(node_id.into());
+        self
+    }
+
     /// The decision config. Default: [`Config::default`].
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
@@ -273,6 +360,17 @@ impl Builder {
         backend: Arc<B>,
     ) -> Result<Balancer, BuildError> {
         clb_core::validate_namespace(&self.namespace)?;
+        let node_id = match (backend.node_id(), self.node_id) {
+            (Some(theirs), Some(ours)) if theirs.as_str() != ours => {
+                return Err(BuildError::NodeIdMismatch {
+                    builder: ours,
+                    backend: theirs.to_string(),
+                });
+            }
+            (Some(theirs), _) => theirs.to_string(),
+            (None, Some(ours)) => ours,
+            (None, None) => return Err(BuildError::NoNodeId),
+        };
         let round = self.config.round_duration;
         let timeouts = Timeouts {
             count: self.count_timeout.unwrap_or(round / 4),
@@ -299,7 +397,7 @@ impl Builder {
             None => StdRng::seed_from_u64(rand::random()),
         };
         let epoch = Instant::now();
-        let node = NodeId::new(self.node_id.clone());
+        let node = NodeId::new(node_id.clone());
         let mut core =
             clb_core::Balancer::new(node, self.config.clone(), clb_core::Millis(0), rng)?;
         core.set_address(self.address.clone())?;
@@ -312,7 +410,7 @@ impl Builder {
             refusal_hints: Mutex::new(Vec::new()),
             hint_cursor: AtomicUsize::new(0),
             status: Mutex::new(Status {
-                node_id: self.node_id,
+                node_id,
                 namespace: self.namespace.clone(),
                 strategy: self.config.strategy.as_str(),
                 count: None,
@@ -325,11 +423,13 @@ impl Builder {
                 last_round: None,
                 last_outcome: None,
                 refusal: None,
+                refusal_message: None,
                 not_ready: None,
                 warnings: Vec::new(),
                 duplicate_ids: Vec::new(),
             }),
         });
+        let leave_spread = backend.leave_spread();
         let (events_tx, _) = broadcast::channel(1024);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let worker = Worker {
@@ -348,6 +448,7 @@ impl Builder {
             events_tx,
             shutdown_tx,
             task: Some(task),
+            leave_spread,
         })
     }
 }
@@ -362,6 +463,19 @@ pub enum BuildError {
     /// `spawn` was called outside a tokio runtime.
     #[error("no tokio runtime: call spawn from within a tokio runtime")]
     NoRuntime,
+    /// The builder was given a node id other than the backend's.
+    #[error(
+        "node id {builder:?} is not the backend's {backend:?}: give the id once, to the backend"
+    )]
+    NodeIdMismatch {
+        /// The id given to the builder.
+        builder: String,
+        /// The backend's.
+        backend: String,
+    },
+    /// Neither the backend nor the builder names this node.
+    #[error("no node id: this backend serves many nodes; give the id with Builder::node_id")]
+    NoNodeId,
 }
 
 /// A snapshot of one balancer, as served by `/status` (SPEC §6).
@@ -391,9 +505,12 @@ pub struct Status {
     pub last_round: Option<u64>,
     /// The last round's outcome.
     pub last_outcome: Option<RoundOutcome>,
-    /// Why this node refuses new resources now, judged with `count`
-    /// (`None` while it accepts).
-    pub refusal: Option<Refusal>,
+    /// Why this node refuses new resources now, judged with `count`:
+    /// `draining`, `rebalancing`, `not_ready` (an adapter adds `full`);
+    /// `None` while it accepts.
+    pub refusal: Option<&'static str>,
+    /// The refusal, for a person.
+    pub refusal_message: Option<String>,
     /// Why this node is not ready, if it is not.
     pub not_ready: Option<String>,
     /// What an operator should know that does not block readiness.
@@ -450,7 +567,8 @@ impl Shared {
         let refusal = Admission(Arc::clone(self)).check(count).err();
         let mut status = self.lock().clone();
         status.accepting = refusal.is_none();
-        status.refusal = refusal;
+        status.refusal = refusal.as_ref().map(Refusal::label);
+        status.refusal_message = refusal.map(|r| r.to_string());
         status
     }
 

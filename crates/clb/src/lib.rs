@@ -12,6 +12,27 @@
 //! backends and adapters. The decisions live in [`clb_core`], a sans-IO crate
 //! the simulator drives too.
 //!
+//! # Where to start
+//!
+//! - A WebSocket service on axum: [`adapter::axum`] — a [`WsGate`](adapter::websocket::WsGate)
+//!   admits or refuses each upgrade and runs the connection under
+//!   [`WsLimits`](adapter::websocket::WsLimits); [`Balancer::drain`] is the
+//!   graceful shutdown; [`metrics::Prometheus`] serves `/metrics`. The
+//!   README's "Embedding it" and `examples/axum_service.rs` show a whole
+//!   service.
+//! - A plain tokio-tungstenite server: `adapter::tungstenite`.
+//! - Any other resource (SSE streams, actors): implement [`Resource`], as
+//!   below.
+//!
+//! # Features
+//!
+//! | feature | default | what |
+//! |---|---|---|
+//! | `gossip` | yes | [`GossipBackend`]: UDP gossip (chitchat) with HMAC-signed, address-bound datagrams |
+//! | `axum` | no | `adapter::axum`: admission at upgrade time, sessions, a bounded HTTP server |
+//! | `tungstenite` | no | `adapter::tungstenite`: the same for tokio-tungstenite servers |
+//! | `prometheus` | no | `metrics::Prometheus`: a recorder with its own upkeep (and, with `axum`, a handler) |
+//!
 //! ```no_run
 //! use std::sync::Arc;
 //! use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,7 +51,8 @@
 //!
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let cluster = Arc::new(MemoryCluster::new());
-//! let balancer = Balancer::builder("node-1", "sessions")
+//! let balancer = Balancer::builder("sessions")
+//!     .node_id("node-1")
 //!     .config(Config::classic())
 //!     .spawn(Arc::new(Sessions(AtomicU64::new(0))), cluster)?;
 //! // ... serve ...
@@ -44,6 +66,7 @@ mod balancer;
 pub mod metrics;
 pub mod ratelimit;
 mod resource;
+mod signal;
 mod trace;
 mod worker;
 
@@ -51,16 +74,18 @@ pub use backend::{BackendError, BackendHealth, ClusterBackend, MemoryCluster};
 #[cfg(feature = "gossip")]
 pub use backend::{ClusterKey, GossipBackend, GossipConfig};
 pub use balancer::{
-    Admission, Balancer, BuildError, Builder, Refusal, RoundCounts, Status, StatusHandle,
-    StatusMember,
+    Admission, Balancer, BuildError, Builder, DrainReport, Refusal, RoundCounts, Status,
+    StatusHandle, StatusMember,
 };
 pub use clb_core::{
     self as core, ClusterView, Config, ConfigError, DiscardReason, Event, HoldReason, MemberRecord,
     NodeId, Report, RoundEvent, RoundOutcome, Strategy,
 };
 pub use resource::{Hint, Resource, ResourceError, ShedRequest};
+pub use signal::shutdown_signal;
 
-/// Compiles (and runs, where not `no_run`) every Rust block of the README.
+/// Compiles (and runs, where not `no_run`) every Rust block of the README,
+/// which uses the `axum` and `prometheus` features.
 #[doc = include_str!("../../../README.md")]
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "axum", feature = "prometheus"))]
 pub struct ReadmeDoctests;

@@ -32,6 +32,12 @@ pub const RESOURCE_FAILURES: &str = "clb_resource_failures_total";
 pub const BACKEND_FAILURES: &str = "clb_backend_failures_total";
 /// Gauge: 1 while this node accepts new resources, 0 while it refuses.
 pub const ACCEPTING: &str = "clb_accepting";
+/// Counter: WebSocket upgrades refused, by `reason` (`draining`,
+/// `rebalancing`, `not_ready`, `full`).
+pub const WS_REFUSED: &str = "clb_ws_refused_total";
+/// Counter: WebSocket connections ended, by `reason` (see
+/// [`crate::adapter::session::Ended`]).
+pub const WS_CLOSED: &str = "clb_ws_closed_total";
 
 /// Creates every series of `namespace` at 0 and describes every metric, so
 /// a scrape right after start already shows what an alert will watch.
@@ -100,6 +106,18 @@ pub fn describe() {
         ACCEPTING,
         "1 while this node accepts new resources, 0 while it refuses."
     );
+    describe_counter!(WS_REFUSED, "WebSocket upgrades refused, by reason.");
+    describe_counter!(WS_CLOSED, "WebSocket connections ended, by reason.");
+}
+
+/// Creates the WebSocket series at 0 (the adapter's gate does it).
+pub(crate) fn register_websocket() {
+    for reason in ["draining", "rebalancing", "not_ready", "full"] {
+        metrics::counter!(WS_REFUSED, "reason" => reason).increment(0);
+    }
+    for ended in crate::adapter::session::Ended::ALL {
+        metrics::counter!(WS_CLOSED, "reason" => ended.label()).increment(0);
+    }
 }
 
 pub(crate) fn event(namespace: &str, event: &Event, round_latency: Duration) {
@@ -130,3 +148,93 @@ pub(crate) fn event(namespace: &str, event: &Event, round_latency: Duration) {
         _ => {}
     }
 }
+
+/// A Prometheus exporter for every metric of this crate (feature
+/// `prometheus`): installs the global recorder, keeps it tidy on its own,
+/// renders the text format, and (with `axum`) serves it.
+///
+/// ```no_run
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let metrics = clb::metrics::Prometheus::install()?;
+/// let text = metrics.render(); // what a scrape of /metrics returns
+/// # let _ = text; Ok(()) }
+/// ```
+#[cfg(feature = "prometheus")]
+#[derive(Debug)]
+pub struct Prometheus {
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+    upkeep: tokio::task::JoinHandle<()>,
+}
+
+/// Buckets of `clb_round_duration_seconds`, in seconds: a round is decided
+/// in microseconds to a few backend timeouts.
+#[cfg(feature = "prometheus")]
+pub const ROUND_DURATION_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+#[cfg(feature = "prometheus")]
+impl Prometheus {
+    /// Installs the recorder for the whole process and starts its upkeep
+    /// (every 5 s) on the current tokio runtime. One per process: a second
+    /// install is refused.
+    pub fn install() -> Result<Self, MetricsError> {
+        use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+        let handle = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full(ROUND_DURATION.into()),
+                &ROUND_DURATION_BUCKETS,
+            )
+            .map_err(|e| MetricsError(e.to_string()))?
+            .install_recorder()
+            .map_err(|e| MetricsError(e.to_string()))?;
+        describe();
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| MetricsError("no tokio runtime: install from within one".into()))?;
+        let tidy = handle.clone();
+        let upkeep = runtime.spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                tidy.run_upkeep();
+            }
+        });
+        Ok(Prometheus { handle, upkeep })
+    }
+
+    /// The Prometheus text format of every metric now.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// A `GET /metrics` handler for an axum router.
+    #[cfg(feature = "axum")]
+    pub fn handler<S: Clone + Send + Sync + 'static>(&self) -> axum::routing::MethodRouter<S> {
+        let handle = self.handle.clone();
+        axum::routing::get(move || {
+            let text = handle.render();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    text,
+                )
+            }
+        })
+    }
+}
+
+#[cfg(feature = "prometheus")]
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        self.upkeep.abort();
+    }
+}
+
+/// The Prometheus recorder could not be installed; nothing was changed.
+#[cfg(feature = "prometheus")]
+#[derive(Debug, thiserror::Error)]
+#[error("metrics: {0}")]
+pub struct MetricsError(String);

@@ -312,7 +312,7 @@ async fn a_mixed_version_gossip_cluster_drops_no_member_and_decides_on_all() {
         dry_run: true,
         ..Config::classic()
     };
-    let balancer = Balancer::builder("new", "ws")
+    let balancer = Balancer::builder("ws")
         .config(config)
         .spawn(Arc::new(Fixed(100)), Arc::clone(&new))
         .unwrap();
@@ -346,4 +346,49 @@ async fn a_mixed_version_gossip_cluster_drops_no_member_and_decides_on_all() {
     balancer.shutdown().await;
     old.shutdown().await;
     new.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_gossip_port_in_use_is_a_start_error_and_the_id_is_the_backends() {
+    use clb::{BackendError, Balancer, BuildError, Resource, ResourceError, ShedRequest};
+
+    let taken = std::net::UdpSocket::bind(loopback_any()).unwrap();
+    let config = GossipConfig::new("a", taken.local_addr().unwrap());
+    match GossipBackend::start(config).await {
+        Err(BackendError::Start(why)) => assert!(why.contains("binding gossip"), "{why}"),
+        other => panic!("expected a start error, got {other:?}"),
+    }
+
+    struct Zero;
+    impl Resource for Zero {
+        async fn count(&self) -> Result<u64, ResourceError> {
+            Ok(0)
+        }
+        async fn shed(&self, _: ShedRequest) -> Result<u64, ResourceError> {
+            Ok(0)
+        }
+    }
+    let backend = std::sync::Arc::new(
+        GossipBackend::start(gossip_config("a", &[], None))
+            .await
+            .unwrap(),
+    );
+    let err = Balancer::builder("ws")
+        .node_id("b")
+        .spawn(std::sync::Arc::new(Zero), std::sync::Arc::clone(&backend))
+        .unwrap_err();
+    assert!(matches!(err, BuildError::NodeIdMismatch { .. }), "{err}");
+    let balancer = Balancer::builder("ws")
+        .spawn(std::sync::Arc::new(Zero), std::sync::Arc::clone(&backend))
+        .unwrap();
+    assert_eq!(balancer.status().node_id, "a", "taken from the backend");
+    let err = Balancer::builder("ws")
+        .spawn(
+            std::sync::Arc::new(Zero),
+            std::sync::Arc::new(MemoryCluster::new()),
+        )
+        .unwrap_err();
+    assert!(matches!(err, BuildError::NoNodeId), "{err}");
+    balancer.shutdown().await;
+    backend.shutdown().await;
 }

@@ -77,7 +77,8 @@ fn classic() -> Config {
 fn start(world: &Arc<World>, cluster: &Arc<MemoryCluster>, config: &Config) -> Vec<Balancer> {
     (0..world.counts().len())
         .map(|i| {
-            Balancer::builder(format!("n{i}"), "ws")
+            Balancer::builder("ws")
+                .node_id(format!("n{i}"))
                 .config(config.clone())
                 .seed(i as u64)
                 .spawn(
@@ -242,7 +243,8 @@ async fn a_panicking_count_skips_the_round_and_the_balancer_survives() {
         hang_shed: false,
         count: 0,
     });
-    let b = Balancer::builder("solo", "ws")
+    let b = Balancer::builder("ws")
+        .node_id("solo")
         .config(classic())
         .spawn(Arc::clone(&flaky), cluster)
         .unwrap();
@@ -273,11 +275,13 @@ async fn a_hanging_shed_times_out_and_the_next_rounds_still_run() {
         hang_shed: false,
         count: 0,
     });
-    let b = Balancer::builder("full", "ws")
+    let b = Balancer::builder("ws")
+        .node_id("full")
         .config(classic())
         .spawn(hanging, Arc::clone(&cluster))
         .unwrap();
-    let _other = Balancer::builder("empty", "ws")
+    let _other = Balancer::builder("ws")
+        .node_id("empty")
         .config(classic())
         .spawn(empty, cluster)
         .unwrap();
@@ -322,7 +326,8 @@ async fn invalid_config_or_namespace_is_refused_before_anything_runs() {
         shed_percentage: 150.0,
         ..Config::classic()
     };
-    let err = Balancer::builder("n", "ws")
+    let err = Balancer::builder("ws")
+        .node_id("n")
         .config(bad)
         .spawn(Arc::clone(&resource), Arc::clone(&cluster))
         .unwrap_err();
@@ -330,14 +335,16 @@ async fn invalid_config_or_namespace_is_refused_before_anything_runs() {
         err.to_string(),
         "shed_percentage must be in [0, 100], got 150"
     );
-    let err = Balancer::builder("n", "")
+    let err = Balancer::builder("")
+        .node_id("n")
         .spawn(Arc::clone(&resource), Arc::clone(&cluster))
         .unwrap_err();
     assert!(
         err.to_string().starts_with("namespace \"\" is invalid"),
         "{err}"
     );
-    let err = Balancer::builder("n", "ws")
+    let err = Balancer::builder("ws")
+        .node_id("n")
         .config(classic())
         .shed_timeout(Duration::from_secs(5))
         .spawn(resource, cluster)
@@ -389,13 +396,15 @@ fn proportional() -> Config {
 /// Starts a full node and an empty one, each advertising an address.
 fn full_and_empty(cluster: &Arc<MemoryCluster>) -> (Arc<Recorder>, Balancer, Balancer) {
     let full = Recorder::new(1000);
-    let a = Balancer::builder("a", "ws")
+    let a = Balancer::builder("ws")
+        .node_id("a")
         .config(proportional())
         .address("a:1")
         .seed(1)
         .spawn(Arc::clone(&full), Arc::clone(cluster))
         .unwrap();
-    let b = Balancer::builder("b", "ws")
+    let b = Balancer::builder("ws")
+        .node_id("b")
         .config(proportional())
         .address("b:1")
         .seed(2)
@@ -499,7 +508,8 @@ impl Resource for Counting {
 async fn a_hung_backend_discards_rounds_and_delays_neither_counts_nor_shutdown() {
     let counting = Arc::new(Counting(AtomicU64::new(0)));
     let backend = Arc::new(Hung);
-    let b = Balancer::builder("n", "ws")
+    let b = Balancer::builder("ws")
+        .node_id("n")
         .config(classic())
         .spawn(Arc::clone(&counting), backend)
         .unwrap();
@@ -546,7 +556,8 @@ async fn a_mixed_version_cluster_drops_no_member_and_decides_on_all() {
         hang_shed: false,
         count: 100,
     });
-    let b = Balancer::builder("new", "ws")
+    let b = Balancer::builder("ws")
+        .node_id("new")
         .config(classic())
         .spawn(me, Arc::clone(&cluster))
         .unwrap();
@@ -576,7 +587,8 @@ async fn a_mixed_version_cluster_drops_no_member_and_decides_on_all() {
 async fn a_report_that_cannot_be_read_discards_the_round_and_nothing_is_shed() {
     let cluster = Arc::new(MemoryCluster::new());
     let recorder = Recorder::new(100);
-    let b = Balancer::builder("a", "ws")
+    let b = Balancer::builder("ws")
+        .node_id("a")
         .config(classic())
         .spawn(Arc::clone(&recorder), Arc::clone(&cluster))
         .unwrap();
@@ -611,7 +623,8 @@ async fn a_report_that_cannot_be_read_discards_the_round_and_nothing_is_shed() {
 #[tokio::test(start_paused = true)]
 async fn draining_and_readiness_are_one_answer_for_every_caller() {
     let cluster = Arc::new(MemoryCluster::new());
-    let b = Balancer::builder("a", "ws")
+    let b = Balancer::builder("ws")
+        .node_id("a")
         .config(classic())
         .spawn(Recorder::new(3), Arc::clone(&cluster))
         .unwrap();
@@ -620,6 +633,7 @@ async fn draining_and_readiness_are_one_answer_for_every_caller() {
     let admission = b.admission();
     assert_eq!(admission.check(3), Ok(()));
     assert!(b.status().accepting && b.status().refusal.is_none());
+    assert_eq!(b.admission().hint(), None);
     admission.start_draining();
     assert_eq!(admission.check(0), Err(clb::Refusal::Draining));
     let status = b.status();
@@ -627,6 +641,6 @@ async fn draining_and_readiness_are_one_answer_for_every_caller() {
         !status.accepting,
         "status agrees at once, not a round later"
     );
-    assert_eq!(status.refusal, Some(clb::Refusal::Draining));
+    assert_eq!(status.refusal, Some("draining"));
     assert!(!b.accepting());
 }

@@ -1,39 +1,37 @@
 //! A [`Resource`] for WebSocket servers: a registry of live connections that
-//! counts them and sheds a uniformly random sample by asking each chosen
-//! connection to close with code 1012 ("service restart": the client may
-//! reconnect at once) and a short reason naming an under-target node when
-//! the balancer has one.
+//! counts them and sheds some (a uniformly random sample by default, see
+//! [`ShedPolicy`]) by asking each chosen connection to close with code 1012
+//! ("service restart": the client may reconnect at once) and a short reason
+//! naming an under-target node when the balancer has one.
 //!
-//! The registry knows nothing of the WebSocket library: a connection task
-//! registers, and waits for [`Connection::until_shed`] beside its socket.
-//! Its count is what is really open: a connection asked to close stays
-//! counted until its task drops the [`Connection`], which it must do once
-//! the close frame is out, or when the close deadline has passed
-//! ([`WsLimits::close_deadline`]: a close that cannot be sent in time is a
-//! drop).
+//! The registry knows nothing of the WebSocket library. The session helpers
+//! do the rest for axum (`clb::adapter::axum`, feature `axum`) and
+//! tokio-tungstenite (`clb::adapter::tungstenite`): a [`WsGate`] admits or
+//! refuses each handshake, and [`session::run`](super::session::run) drives
+//! the connection. Without them, a connection task registers and waits for
+//! [`Connection::until_shed`] beside its socket. The registry's count is
+//! what is really open: a connection asked to close stays counted until its
+//! task drops the [`Connection`], which it must do once the close frame is
+//! out, or when the close deadline has passed ([`WsLimits::close_deadline`]:
+//! a close that cannot be sent in time is a drop).
 //!
-//! ```no_run
-//! # async fn handle(mut socket: axum::extract::ws::WebSocket, registry: std::sync::Arc<clb::adapter::websocket::ConnectionRegistry>) {
-//! use axum::extract::ws::{CloseFrame, Message};
-//! use clb::adapter::websocket::WsLimits;
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use std::time::Duration;
+//! use clb::adapter::websocket::{ConnectionRegistry, WsLimits};
 //!
-//! let limits = WsLimits::default();
-//! let Some(reservation) = registry.reserve() else { return }; // full: answer 503 before upgrading
-//! let mut conn = reservation.register();
-//! loop {
-//!     tokio::select! {
-//!         close = conn.until_shed() => {
-//!             let frame = CloseFrame { code: close.code, reason: close.reason.into() };
-//!             // Bounded: a client that does not read must not keep the slot.
-//!             let _ = tokio::time::timeout(limits.close_deadline, socket.send(Message::Close(Some(frame)))).await;
-//!             break;
-//!         }
-//!         msg = socket.recv() => match msg {
-//!             Some(Ok(msg)) => { /* serve; every send under limits.send_timeout */ let _ = msg; }
-//!             _ => break, // closed by the client: dropping `conn` unregisters it
-//!         },
-//!     }
-//! }
+//! let registry = ConnectionRegistry::with_limit(WsLimits::default().max_connections);
+//! let Some(slot) = registry.reserve() else { return }; // full: answer 503 instead
+//! let mut conn = slot.register(); // after the upgrade
+//! let task = tokio::spawn(async move {
+//!     let close = conn.until_shed().await; // beside the socket, in a select!
+//!     // ... send `close` (code 1012, reason with the hint) within the deadline ...
+//!     drop(conn); // the connection is over: the count drops
+//!     close
+//! });
+//! let shed = registry.shed_some(1, std::iter::empty(), Duration::from_secs(1)).await;
+//! assert_eq!((shed, task.await.unwrap().code), (1, 1012));
+//! assert!(registry.is_empty());
 //! # }
 //! ```
 //!
@@ -65,7 +63,9 @@
 //!   `max_connections` plus that bound.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -73,10 +73,13 @@ use rand::RngExt;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
+use crate::balancer::Admission;
 use crate::resource::{Resource, ResourceError, ShedRequest};
 
 /// WebSocket close code 1012, "service restart": reconnect at once.
 pub const CLOSE_RESTART: u16 = 1012;
+/// WebSocket close code 1000: the service is done with the connection.
+pub const CLOSE_NORMAL: u16 = 1000;
 /// WebSocket close code 1001, "going away": sent to a connection that has
 /// been silent for longer than the idle timeout.
 pub const CLOSE_GOING_AWAY: u16 = 1001;
@@ -304,6 +307,189 @@ impl WsLimits {
     }
 }
 
+/// Which connections a shed closes first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ShedPolicy {
+    /// A uniformly random sample: the default, and what keeps the clients
+    /// that move representative of the node's load.
+    #[default]
+    Random,
+    /// The most recently opened first: the least session warmth is lost.
+    Newest,
+    /// The longest idle first (no frame either way for the longest time).
+    IdleLongest,
+    /// The lowest [`Connection::set_rank`] first, ties at random; a
+    /// connection ranked [`Connection::NEVER_SHED`] is never shed (a
+    /// connection in the middle of an upload, say).
+    Ranked,
+}
+
+impl ShedPolicy {
+    /// The name `clb node --shed-policy` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShedPolicy::Random => "random",
+            ShedPolicy::Newest => "newest",
+            ShedPolicy::IdleLongest => "idle",
+            ShedPolicy::Ranked => "ranked",
+        }
+    }
+}
+
+impl fmt::Display for ShedPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ShedPolicy {
+    type Err = clb_core::ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "random" => Ok(ShedPolicy::Random),
+            "newest" => Ok(ShedPolicy::Newest),
+            "idle" => Ok(ShedPolicy::IdleLongest),
+            "ranked" => Ok(ShedPolicy::Ranked),
+            other => Err(clb_core::ConfigError::Invalid {
+                field: "shed_policy",
+                value: other.chars().take(40).collect(),
+                expected: "one of: random, newest, idle, ranked",
+            }),
+        }
+    }
+}
+
+/// What a connection's task tells the registry about it, lock-free.
+#[derive(Debug)]
+struct Meta {
+    /// Milliseconds since the registry's epoch of the last frame either way.
+    last_active_ms: AtomicU64,
+    rank: AtomicU32,
+}
+
+/// The header naming an under-target node in a 503: clients that honour it
+/// connect there next (`x-clb-try: ws://10.0.0.7:8080/ws`).
+pub const HINT_HEADER: &str = "x-clb-try";
+
+/// Why a node refuses a new WebSocket: the answer a handshake gets (`503`,
+/// `Retry-After: 1`, the hint in [`HINT_HEADER`], a JSON body `{"error",
+/// "reason", "try"}`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    /// `draining`, `rebalancing`, `not_ready` or `full`: the `reason` label
+    /// of `clb_ws_refused_total`.
+    pub reason: &'static str,
+    /// For a person.
+    pub message: String,
+    /// An under-target node's address, for the client to try.
+    pub hint: Option<String>,
+}
+
+impl Refused {
+    /// The JSON body of the 503.
+    pub fn body(&self) -> String {
+        serde_json::json!({"error": self.message, "reason": self.reason, "try": self.hint})
+            .to_string()
+    }
+}
+
+/// Everything a WebSocket handshake needs to admit or refuse: the registry,
+/// the balancer's admission and the limits. Cheap to clone; use it as the
+/// server's state. The `axum` and `tungstenite` features add the handshake
+/// itself (`accept`, `accept_stream`).
+#[derive(Clone, Debug)]
+pub struct WsGate {
+    registry: Arc<ConnectionRegistry>,
+    admission: Admission,
+    limits: Arc<WsLimits>,
+}
+
+impl WsGate {
+    /// A gate over `registry` (the balancer's resource), answering with
+    /// `admission` (from the same balancer) under `limits`.
+    pub fn new(registry: Arc<ConnectionRegistry>, admission: Admission, limits: WsLimits) -> Self {
+        crate::metrics::register_websocket();
+        WsGate {
+            registry,
+            admission,
+            limits: Arc::new(limits),
+        }
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Arc<ConnectionRegistry> {
+        &self.registry
+    }
+
+    /// The admission.
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    /// The limits.
+    pub fn limits(&self) -> &WsLimits {
+        &self.limits
+    }
+
+    #[cfg(any(feature = "axum", feature = "tungstenite"))]
+    pub(crate) fn shared_limits(&self) -> &Arc<WsLimits> {
+        &self.limits
+    }
+
+    /// Why a new connection would be refused now, if it would: the one
+    /// answer for handshakes, readiness and status pages.
+    pub fn refusal(&self) -> Option<Refused> {
+        let refused = |reason: &'static str, message: String| Refused {
+            reason,
+            message,
+            hint: self.admission.hint(),
+        };
+        match self.admission.check(self.registry.len() as u64) {
+            Err(r) => Some(refused(r.label(), r.to_string())),
+            Ok(()) if self.registry.is_full() => Some(refused(
+                "full",
+                format!("full: {} connections", self.limits.max_connections),
+            )),
+            Ok(()) => None,
+        }
+    }
+
+    /// `status` (the balancer's) with what is true of this server now: the
+    /// connections really open, and the gate's verdict (which adds `full`).
+    pub fn status(&self, mut status: crate::Status) -> crate::Status {
+        let refusal = self.refusal();
+        status.count = Some(self.registry.len() as u64);
+        status.accepting = refusal.is_none();
+        status.refusal = refusal.as_ref().map(|r| r.reason);
+        status.refusal_message = refusal.map(|r| r.message);
+        status
+    }
+
+    /// A slot for the connection being handshaken, or `None`: refuse it
+    /// with [`refused`](Self::refused).
+    pub fn reserve(&self) -> Option<Reservation> {
+        match self.refusal() {
+            None => self.registry.reserve(),
+            Some(_) => None,
+        }
+    }
+
+    /// The refusal for a handshake [`reserve`](Self::reserve) turned down,
+    /// counted in `clb_ws_refused_total` (full between the check and the
+    /// reservation is full too).
+    pub fn refused(&self) -> Refused {
+        let refused = self.refusal().unwrap_or(Refused {
+            reason: "full",
+            message: format!("full: {} connections", self.limits.max_connections),
+            hint: self.admission.hint(),
+        });
+        ::metrics::counter!(crate::metrics::WS_REFUSED, "reason" => refused.reason).increment(1);
+        refused
+    }
+}
+
 /// The live connections of one server. Share it as `Arc<ConnectionRegistry>`:
 /// the server registers connections, the balancer counts and sheds them.
 ///
@@ -316,6 +502,8 @@ pub struct ConnectionRegistry {
     ended: Notify,
     next_id: AtomicU64,
     max_connections: usize,
+    policy: ShedPolicy,
+    epoch: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -331,11 +519,12 @@ struct Entry {
     ask: Option<oneshot::Sender<Close>>,
     /// Dropped with the entry, so whoever asked learns that it closed.
     gone: Option<oneshot::Sender<()>>,
+    meta: Arc<Meta>,
 }
 
 impl Default for ConnectionRegistry {
     fn default() -> Self {
-        ConnectionRegistry::with_capacity_limit(usize::MAX)
+        ConnectionRegistry::with_capacity_limit(usize::MAX, ShedPolicy::Random)
     }
 }
 
@@ -346,18 +535,38 @@ impl ConnectionRegistry {
     }
 
     /// An empty registry that holds at most `max_connections`
-    /// ([`WsLimits::max_connections`]).
+    /// ([`WsLimits::max_connections`]) and sheds at random.
     pub fn with_limit(max_connections: usize) -> Arc<Self> {
-        Arc::new(Self::with_capacity_limit(max_connections))
+        Arc::new(Self::with_capacity_limit(
+            max_connections,
+            ShedPolicy::Random,
+        ))
     }
 
-    fn with_capacity_limit(max_connections: usize) -> Self {
+    /// An empty registry that holds at most `max_connections` and sheds by
+    /// `policy`.
+    pub fn with_policy(max_connections: usize, policy: ShedPolicy) -> Arc<Self> {
+        Arc::new(Self::with_capacity_limit(max_connections, policy))
+    }
+
+    fn with_capacity_limit(max_connections: usize, policy: ShedPolicy) -> Self {
         ConnectionRegistry {
             inner: Mutex::new(Inner::default()),
             ended: Notify::new(),
             next_id: AtomicU64::new(0),
             max_connections,
+            policy,
+            epoch: Instant::now(),
         }
+    }
+
+    /// Which connections a shed closes first.
+    pub fn policy(&self) -> ShedPolicy {
+        self.policy
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// A slot for one more connection, or `None` when the registry is full
@@ -379,17 +588,23 @@ impl ConnectionRegistry {
     pub fn register(self: &Arc<Self>) -> Connection {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
+        let meta = Arc::new(Meta {
+            last_active_ms: AtomicU64::new(self.now_ms()),
+            rank: AtomicU32::new(0),
+        });
         self.lock().open.insert(
             id,
             Entry {
                 ask: Some(tx),
                 gone: None,
+                meta: Arc::clone(&meta),
             },
         );
         Connection {
             id,
             registry: Arc::clone(self),
             close_rx: rx,
+            meta,
         }
     }
 
@@ -410,11 +625,11 @@ impl ConnectionRegistry {
         inner.open.len() + inner.reserved >= self.max_connections
     }
 
-    /// Asks `n` connections, chosen uniformly at random among those not
-    /// already closing, to close (the first ones with the given hints), and
-    /// waits until they have, or until `within`. Returns how many closed in
-    /// time; those still closing stay counted until they do.
-    pub async fn shed_random(
+    /// Asks `n` connections, chosen by the registry's [`ShedPolicy`] among
+    /// those not already closing, to close (the first ones with the given
+    /// hints), and waits until they have, or until `within`. Returns how many
+    /// closed in time; those still closing stay counted until they do.
+    pub async fn shed_some(
         &self,
         n: u64,
         hints: impl Iterator<Item = Option<String>>,
@@ -424,21 +639,9 @@ impl ConnectionRegistry {
         let mut gone = Vec::new();
         {
             let mut inner = self.lock();
-            let mut ids: Vec<u64> = inner
-                .open
-                .iter()
-                .filter(|(_, e)| e.ask.is_some())
-                .map(|(id, _)| *id)
-                .collect();
-            let n = usize::try_from(n).unwrap_or(usize::MAX).min(ids.len());
-            let mut rng = rand::rng();
-            // A partial Fisher–Yates: the first n are a uniform sample.
-            for i in 0..n {
-                let j = rng.random_range(i..ids.len());
-                ids.swap(i, j);
-            }
+            let ids = self.choose(&inner, n);
             let mut hints = hints.chain(std::iter::repeat(None));
-            for id in &ids[..n] {
+            for id in &ids {
                 let Some(entry) = inner.open.get_mut(id) else {
                     continue;
                 };
@@ -461,6 +664,41 @@ impl ConnectionRegistry {
             }
         }
         closed
+    }
+
+    /// The ids of up to `n` connections to shed, in order, by the policy.
+    fn choose(&self, inner: &Inner, n: u64) -> Vec<u64> {
+        let mut candidates: Vec<(u64, &Meta)> = inner
+            .open
+            .iter()
+            .filter(|(_, e)| e.ask.is_some())
+            .map(|(id, e)| (*id, &*e.meta))
+            .collect();
+        if self.policy == ShedPolicy::Ranked {
+            candidates.retain(|(_, m)| m.rank.load(Ordering::Relaxed) != Connection::NEVER_SHED);
+        }
+        let n = usize::try_from(n)
+            .unwrap_or(usize::MAX)
+            .min(candidates.len());
+        let mut rng = rand::rng();
+        // A random order first: ties of every policy fall at random.
+        for i in 0..candidates.len() {
+            let j = rng.random_range(i..candidates.len());
+            candidates.swap(i, j);
+            if self.policy == ShedPolicy::Random && i + 1 >= n {
+                // A partial Fisher–Yates: the first n are a uniform sample.
+                break;
+            }
+        }
+        match self.policy {
+            ShedPolicy::Random => {}
+            ShedPolicy::Newest => candidates.sort_by_key(|(id, _)| std::cmp::Reverse(*id)),
+            ShedPolicy::IdleLongest => {
+                candidates.sort_by_key(|(_, m)| m.last_active_ms.load(Ordering::Relaxed))
+            }
+            ShedPolicy::Ranked => candidates.sort_by_key(|(_, m)| m.rank.load(Ordering::Relaxed)),
+        }
+        candidates.into_iter().take(n).map(|(id, _)| id).collect()
     }
 
     /// Asks every open connection to close with `close` (a graceful
@@ -522,7 +760,7 @@ impl Resource for ConnectionRegistry {
         let within = request
             .within
             .map_or(Duration::from_secs(3600), |w| w.mul_f64(0.9));
-        Ok(self.shed_random(request.n, hints.into_iter(), within).await)
+        Ok(self.shed_some(request.n, hints.into_iter(), within).await)
     }
 }
 
@@ -560,9 +798,28 @@ pub struct Connection {
     id: u64,
     registry: Arc<ConnectionRegistry>,
     close_rx: oneshot::Receiver<Close>,
+    meta: Arc<Meta>,
 }
 
 impl Connection {
+    /// The rank that [`ShedPolicy::Ranked`] never sheds.
+    pub const NEVER_SHED: u32 = u32::MAX;
+
+    /// Notes activity on the connection (a frame either way), for
+    /// [`ShedPolicy::IdleLongest`]. Lock-free; the session helpers call it.
+    pub fn touch(&self) {
+        self.meta
+            .last_active_ms
+            .store(self.registry.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Ranks the connection for [`ShedPolicy::Ranked`]: the lowest ranks are
+    /// shed first, [`Self::NEVER_SHED`] never (default 0). Lock-free; change
+    /// it as the connection's state changes (an upload starts and ends).
+    pub fn set_rank(&self, rank: u32) {
+        self.meta.rank.store(rank, Ordering::Relaxed);
+    }
+
     /// Resolves when the balancer sheds this connection (or the node shuts
     /// down): send the returned close frame, within the close deadline, and
     /// end the connection. Cancel-safe; pending forever if the registry is
@@ -681,6 +938,64 @@ mod tests {
             assert_eq!(close.unwrap(), Close::shutdown());
         }
         slow.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_policy_picks_its_own_connections_first() {
+        let quick = Some(Duration::ZERO);
+        // Newest: the last three registered.
+        let registry = ConnectionRegistry::with_policy(100, ShedPolicy::Newest);
+        let conns: Vec<Connection> = (0..10).map(|_| registry.register()).collect();
+        let newest: Vec<u64> = conns[7..].iter().map(|c| c.id).collect();
+        let mut tasks = serve(conns, quick);
+        tokio::task::yield_now().await;
+        assert_eq!(
+            registry
+                .shed_some(3, std::iter::empty(), Duration::from_secs(1))
+                .await,
+            3
+        );
+        let left: Vec<u64> = registry.lock().open.keys().copied().collect();
+        assert!(newest.iter().all(|id| !left.contains(id)), "{left:?}");
+        tasks.shutdown().await;
+
+        // Idle longest: the ones not touched since the start.
+        let registry = ConnectionRegistry::with_policy(100, ShedPolicy::IdleLongest);
+        let conns: Vec<Connection> = (0..6).map(|_| registry.register()).collect();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        for c in &conns[2..] {
+            c.touch();
+        }
+        let idle: Vec<u64> = conns[..2].iter().map(|c| c.id).collect();
+        let mut tasks = serve(conns, quick);
+        tokio::task::yield_now().await;
+        registry
+            .shed_some(2, std::iter::empty(), Duration::from_secs(1))
+            .await;
+        let left: Vec<u64> = registry.lock().open.keys().copied().collect();
+        assert!(idle.iter().all(|id| !left.contains(id)), "{left:?}");
+        tasks.shutdown().await;
+
+        // Ranked: lowest first, never the protected ones.
+        let registry = ConnectionRegistry::with_policy(100, ShedPolicy::Ranked);
+        let conns: Vec<Connection> = (0..4).map(|_| registry.register()).collect();
+        conns[0].set_rank(Connection::NEVER_SHED);
+        conns[1].set_rank(5);
+        conns[2].set_rank(1);
+        conns[3].set_rank(Connection::NEVER_SHED);
+        let mut tasks = serve(conns, quick);
+        tokio::task::yield_now().await;
+        let shed = registry
+            .shed_some(4, std::iter::empty(), Duration::from_secs(1))
+            .await;
+        assert_eq!(shed, 2, "the two protected ones stay");
+        assert_eq!(registry.len(), 2);
+        tasks.shutdown().await;
+        assert_eq!(
+            "idle".parse::<ShedPolicy>().unwrap(),
+            ShedPolicy::IdleLongest
+        );
+        assert!("oldest".parse::<ShedPolicy>().is_err());
     }
 
     #[test]

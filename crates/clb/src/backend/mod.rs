@@ -58,6 +58,20 @@ pub trait ClusterBackend: Send + Sync + 'static {
     fn health(&self) -> BackendHealth {
         BackendHealth::default()
     }
+
+    /// The node this backend publishes as, if it is bound to one (gossip
+    /// is; the in-memory cluster serves many). A balancer takes its id from
+    /// here, so a node is never known by two names.
+    fn node_id(&self) -> Option<NodeId> {
+        None
+    }
+
+    /// How long a `leave` takes to reach every peer, so a shutdown moves
+    /// its clients only once peers have stopped steering clients to it.
+    /// Default: at once.
+    fn leave_spread(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 /// A backend's view of its own health; see [`ClusterBackend::health`].

@@ -58,7 +58,8 @@ pub struct GossipConfig {
     /// The address peers should gossip to. Default: `listen_addr`.
     pub advertise_addr: Option<SocketAddr>,
     /// Peers to start from, `host:port`. DNS names are resolved again every
-    /// minute, so a Kubernetes headless service works. Default: none.
+    /// minute, so a Kubernetes headless service works. Empty entries are
+    /// ignored. Default: none.
     pub seeds: Vec<String>,
     /// Nodes with different cluster ids ignore each other. Default `clb`.
     pub cluster_id: String,
@@ -156,7 +157,8 @@ impl GossipConfig {
                 range: "[0, 1024] seeds".into(),
             });
         }
-        for seed in &self.seeds {
+        // Empty entries (a trailing comma, an unset variable) are ignored.
+        for seed in self.seeds.iter().filter(|s| !s.is_empty()) {
             validate_seed(seed)?;
         }
         if let Some(t) = self.join_timeout {
@@ -231,6 +233,7 @@ pub struct GossipBackend {
     seed_status: Arc<Mutex<Vec<SeedStatus>>>,
     seed_task: Option<JoinHandle<()>>,
     rejects: Arc<RejectStats>,
+    gossip_interval: Duration,
     _listener: ListenerHandle,
 }
 
@@ -275,8 +278,9 @@ impl std::fmt::Debug for GossipBackend {
 impl GossipBackend {
     /// Binds the UDP socket and starts gossiping. Port 0 picks a free port;
     /// [`local_addr`](Self::local_addr) says which.
-    pub async fn start(config: GossipConfig) -> Result<Self, BackendError> {
+    pub async fn start(mut config: GossipConfig) -> Result<Self, BackendError> {
         config.validate()?;
+        config.seeds.retain(|s| !s.is_empty());
         let socket = std::net::UdpSocket::bind(config.listen_addr).map_err(|e| {
             BackendError::Start(format!("binding gossip to {}: {e}", config.listen_addr))
         })?;
@@ -364,6 +368,7 @@ impl GossipBackend {
             seed_status,
             seed_task,
             rejects,
+            gossip_interval: config.gossip_interval,
             _listener: listener,
         })
     }
@@ -551,6 +556,15 @@ impl ClusterBackend for GossipBackend {
             .self_node_state()
             .delete(&format!("{KEY_PREFIX}{namespace}"));
         Ok(())
+    }
+
+    fn node_id(&self) -> Option<NodeId> {
+        Some(NodeId::new(self.self_id.node_id.to_string()))
+    }
+
+    /// Four gossip rounds: enough, on a LAN, for every peer to hear it.
+    fn leave_spread(&self) -> Duration {
+        self.gossip_interval * 4
     }
 
     fn health(&self) -> BackendHealth {

@@ -73,6 +73,32 @@ impl ClusterKey {
         Ok(ClusterKey(Arc::from(bytes)))
     }
 
+    /// The keys in an environment variable, comma-separated (sign with the
+    /// first, accept any: rotation); none when it is unset or empty. The
+    /// error names the variable, never the keys.
+    ///
+    /// ```
+    /// let keys = clb::ClusterKey::list_from_env("CLB_DOC_EXAMPLE_UNSET")?;
+    /// assert!(keys.is_empty());
+    /// # Ok::<(), clb_core::ConfigError>(())
+    /// ```
+    pub fn list_from_env(var: &str) -> Result<Vec<ClusterKey>, clb_core::ConfigError> {
+        let Ok(value) = std::env::var(var) else {
+            return Ok(Vec::new());
+        };
+        value
+            .split(',')
+            .filter(|k| !k.is_empty())
+            .map(|k| {
+                ClusterKey::new(k).map_err(|_| clb_core::ConfigError::Invalid {
+                    field: "cluster_key",
+                    value: format!("${var}"),
+                    expected: "keys of at least 16 bytes each, comma-separated",
+                })
+            })
+            .collect()
+    }
+
     fn mac(&self) -> Hmac<Sha256> {
         // HMAC takes keys of any length: this cannot fail.
         match Hmac::<Sha256>::new_from_slice(&self.0) {
