@@ -83,6 +83,7 @@ impl<R: Resource, B: ClusterBackend> Worker<R, B> {
         let now = self.now();
         self.core.handle_timeout(now);
         loop {
+            let mut unsent: Option<String> = None;
             while let Some(action) = self.core.poll_action() {
                 match action {
                     Action::ReadCount => {
@@ -95,19 +96,30 @@ impl<R: Resource, B: ClusterBackend> Worker<R, B> {
                     }
                     Action::Publish(report) => {
                         self.shared.set_count(report.count);
-                        let value = wire::encode(&report);
-                        if calls.publish.is_some() {
-                            calls.next_publish = Some(value);
-                        } else {
-                            calls.publish = Some(self.spawn_publish(value));
-                        }
+                        // Held until the end of this drain: a round's view
+                        // comes right after its publish, and a backend may
+                        // do both in one round trip.
+                        unsent = Some(wire::encode(&report));
                     }
                     Action::FetchView => {
                         debug_assert!(calls.view.is_none(), "core asked for a second view");
                         let backend = Arc::clone(&self.backend);
                         let namespace = Arc::clone(&self.namespace);
+                        let node = self.core.node().clone();
+                        // Only when no publish is in flight, so values
+                        // reach the backend in the order they were made.
+                        let with = if calls.publish.is_none() {
+                            unsent.take()
+                        } else {
+                            None
+                        };
                         calls.view = Some(guarded(self.timeouts.backend, async move {
-                            backend.view(&namespace).await
+                            match with {
+                                Some(value) => {
+                                    backend.publish_and_view(&namespace, &node, &value).await
+                                }
+                                None => backend.view(&namespace).await,
+                            }
                         }));
                     }
                     Action::Shed { n, hints } => {
@@ -118,6 +130,13 @@ impl<R: Resource, B: ClusterBackend> Worker<R, B> {
                             resource.shed(request).await
                         }));
                     }
+                }
+            }
+            if let Some(value) = unsent.take() {
+                if calls.publish.is_some() {
+                    calls.next_publish = Some(value);
+                } else {
+                    calls.publish = Some(self.spawn_publish(value));
                 }
             }
             while let Some(event) = self.core.poll_event() {

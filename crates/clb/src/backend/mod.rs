@@ -4,6 +4,8 @@
 #[cfg(feature = "gossip")]
 pub mod gossip;
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 use std::future::Future;
 use std::time::Duration;
@@ -13,6 +15,8 @@ use clb_core::{MemberRecord, NodeId};
 #[cfg(feature = "gossip")]
 pub use gossip::{ClusterKey, GossipBackend, GossipConfig};
 pub use memory::MemoryCluster;
+#[cfg(feature = "redis")]
+pub use redis::{RedisBackend, RedisConfig};
 
 /// A shared medium where every node of a namespace publishes its report and
 /// reads everyone's, as opaque values.
@@ -43,6 +47,22 @@ pub trait ClusterBackend: Send + Sync + 'static {
         &self,
         namespace: &str,
     ) -> impl Future<Output = Result<Vec<MemberRecord>, BackendError>> + Send;
+
+    /// Publishes this node's value and returns what the backend holds for
+    /// `namespace` afterwards: what the worker asks for at every round's
+    /// tick. A backend that can do both in one round trip (Redis) should;
+    /// the default publishes, then views.
+    fn publish_and_view(
+        &self,
+        namespace: &str,
+        node: &NodeId,
+        value: &str,
+    ) -> impl Future<Output = Result<Vec<MemberRecord>, BackendError>> + Send {
+        async move {
+            self.publish(namespace, node, value).await?;
+            self.view(namespace).await
+        }
+    }
 
     /// Leaves `namespace` at once (graceful shutdown).
     fn leave(
