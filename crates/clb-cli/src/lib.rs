@@ -3,7 +3,9 @@
 //! WebSocket client swarm, the HTTP probe).
 
 pub mod args;
+pub mod backend;
 pub mod cmd;
+pub mod config_file;
 pub mod probe;
 pub mod swarm;
 
@@ -25,6 +27,9 @@ enum Command {
     /// Run one real cluster node: a WebSocket server, the balancer, gossip,
     /// and /metrics, /status, /health/ready over HTTP.
     Node(Box<cmd::node::NodeArgs>),
+    /// Run the balancer beside a service in any language: counts and sheds
+    /// over HTTP, admission on /health/ready.
+    Sidecar(Box<cmd::sidecar::SidecarArgs>),
     /// Simulate the algorithm with the real decision code (deterministic, seeded).
     Simulate(cmd::simulate::SimulateArgs),
 }
@@ -34,6 +39,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Demo(args) => cmd::demo::run(args),
         Command::Node(args) => cmd::node::run(*args),
+        Command::Sidecar(args) => cmd::sidecar::run(*args),
         Command::Simulate(args) => cmd::simulate::run(args),
     }
 }
@@ -48,7 +54,9 @@ pub fn report_usage_error(e: &clap::Error) -> std::process::ExitCode {
             std::process::ExitCode::SUCCESS
         }
         ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
-            eprintln!("error: a subcommand is required: demo, node or simulate (see clb --help)");
+            eprintln!(
+                "error: a subcommand is required: demo, node, sidecar or simulate (see clb --help)"
+            );
             std::process::ExitCode::from(2)
         }
         _ => {

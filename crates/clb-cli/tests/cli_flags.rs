@@ -36,21 +36,24 @@ fn valid() -> BTreeMap<(&'static str, &'static str), Vec<&'static str>> {
         ("dry-run", &[]),
         ("weight", &["2"]),
     ];
-    for sub in ["node", "simulate", "demo"] {
+    for sub in ["node", "sidecar", "simulate", "demo"] {
         for (flag, values) in config {
             t.insert((sub, *flag), values.to_vec());
         }
     }
-    let node: &[(&str, &[&str])] = &[
+    for sub in ["node", "sidecar", "demo"] {
+        t.insert((sub, "config"), vec!["EXAMPLE"]);
+    }
+    // What node and sidecar share: the member and its backend.
+    let member: &[(&str, &[&str])] = &[
         ("id", &["n-1"]),
+        ("namespace", &["chat.v2"]),
+        ("http-listen", &["127.0.0.1:0"]),
+        ("advertise-url", &["ws://127.0.0.1:1/ws"]),
+        ("backend", &["gossip", "redis"]),
         ("gossip-listen", &["127.0.0.1:0"]),
         ("gossip-advertise", &["127.0.0.1:7946"]),
         ("seeds", &["127.0.0.1:9,localhost:9"]),
-        ("ws-listen", &["127.0.0.1:0"]),
-        ("http-listen", &["127.0.0.1:0"]),
-        ("advertise-url", &["ws://127.0.0.1:1/ws"]),
-        ("namespace", &["chat.v2"]),
-        ("shed-policy", &["random", "newest", "idle", "ranked"]),
         (
             "cluster-key",
             &["a-long-enough-cluster-key,another-long-cluster-key"],
@@ -59,6 +62,35 @@ fn valid() -> BTreeMap<(&'static str, &'static str), Vec<&'static str>> {
         ("gossip-interval", &["100ms"]),
         ("generation", &["42"]),
         ("join-timeout", &["2s", "none"]),
+        (
+            "redis-url",
+            &["redis://127.0.0.1:1", "redis://u:p@127.0.0.1:1/2"],
+        ),
+        ("redis-cluster", &[]),
+        ("redis-password", &["a-redis-password"]),
+        ("redis-tls-ca", &["EXAMPLE"]),
+        ("redis-member-ttl", &["5s"]),
+        ("redis-timeout", &["500ms"]),
+    ];
+    for sub in ["node", "sidecar"] {
+        for (flag, values) in member {
+            t.insert((sub, *flag), values.to_vec());
+        }
+    }
+    let sidecar: &[(&str, &[&str])] = &[
+        ("count-url", &["http://127.0.0.1:1/count"]),
+        ("shed-url", &["http://127.0.0.1:1/shed"]),
+        ("admission-url", &["http://127.0.0.1:1/admission"]),
+        ("admission-every", &["5s"]),
+        ("service-timeout", &["200ms"]),
+        ("service-retries", &["0", "2"]),
+    ];
+    for (flag, values) in sidecar {
+        t.insert(("sidecar", *flag), values.to_vec());
+    }
+    let node: &[(&str, &[&str])] = &[
+        ("ws-listen", &["127.0.0.1:0"]),
+        ("shed-policy", &["random", "newest", "idle", "ranked"]),
         ("max-connections", &["500"]),
         ("max-pending-connections", &["64"]),
         ("max-message-size", &["32KiB"]),
@@ -132,26 +164,42 @@ fn absurd() -> AbsurdTable {
         ("admission", vec!["maybe"]),
         ("weight", vec!["0", "-1", "1e7", "NaN"]),
     ];
-    for sub in ["node", "simulate", "demo"] {
-        for (flag, values) in &config {
-            t.insert((sub, *flag), values.iter().map(|v| v.to_string()).collect());
-        }
+    for sub in ["node", "sidecar", "simulate", "demo"] {
+        add_absurd(&mut t, sub, config.clone());
     }
-    let node: Vec<(&str, Vec<&str>)> = vec![
+    for sub in ["node", "sidecar", "demo"] {
+        add_absurd(
+            &mut t,
+            sub,
+            vec![("config", vec!["/nonexistent-folder/clb.toml", ""])],
+        );
+    }
+    let member: Vec<(&str, Vec<&str>)> = vec![
         ("id", vec!["", "a b", &huge]),
+        ("namespace", vec!["", "a:b", &huge]),
+        ("http-listen", vec!["nope"]),
+        ("advertise-url", vec!["has space", "", &huge]),
+        ("backend", vec!["etcd", ""]),
         ("gossip-listen", vec!["nope", "127.0.0.1:99999"]),
         ("gossip-advertise", vec!["nope", "0.0.0.0:7000"]),
         ("seeds", vec!["no such host!!", "host", ":1", "1.2.3.4.5:1"]),
-        ("ws-listen", vec!["nope", "127.0.0.1:99999"]),
-        ("http-listen", vec!["nope"]),
-        ("advertise-url", vec!["has space", "", &huge]),
-        ("namespace", vec!["", "a:b", &huge]),
-        ("shed-policy", vec!["oldest", ""]),
         ("cluster-key", vec!["short"]),
         ("cluster-id", vec!["", &huge]),
         ("gossip-interval", vec!["1e30", "1ms", "5m"]),
         ("generation", vec!["-1", "abc"]),
         ("join-timeout", vec!["0s", "1e30", "soon"]),
+        ("redis-url", vec!["http://127.0.0.1:1", "not a url"]),
+        ("redis-password", vec!["", "a\nb"]),
+        ("redis-tls-ca", vec!["/nonexistent-folder/ca.pem"]),
+        ("redis-member-ttl", vec!["1ms", "2h"]),
+        ("redis-timeout", vec!["1ms", "5m"]),
+    ];
+    for sub in ["node", "sidecar"] {
+        add_absurd(&mut t, sub, member.clone());
+    }
+    let node: Vec<(&str, Vec<&str>)> = vec![
+        ("ws-listen", vec!["nope", "127.0.0.1:99999"]),
+        ("shed-policy", vec!["oldest", ""]),
         ("max-connections", vec!["0", "-1", "10000000"]),
         ("max-pending-connections", vec!["0", "2000000"]),
         ("max-message-size", vec!["8", "1GiB", "lots"]),
@@ -166,6 +214,18 @@ fn absurd() -> AbsurdTable {
         ("handshake-timeout", vec!["1ms", "1h"]),
     ];
     add_absurd(&mut t, "node", node);
+    let sidecar: Vec<(&str, Vec<&str>)> = vec![
+        (
+            "count-url",
+            vec!["https://127.0.0.1:1/count", "not a url", ""],
+        ),
+        ("shed-url", vec!["ftp://127.0.0.1:1/shed", "nope"]),
+        ("admission-url", vec!["nope"]),
+        ("admission-every", vec!["1ms", "1e30"]),
+        ("service-timeout", vec!["1ms", "1h"]),
+        ("service-retries", vec!["11", "-1"]),
+    ];
+    add_absurd(&mut t, "sidecar", sidecar);
     let simulate: Vec<(&str, Vec<&str>)> = vec![
         ("scenario", vec!["sideways"]),
         ("nodes", vec!["0", "-1", "100000000"]),
@@ -242,6 +302,13 @@ fn base(sub: &str) -> Vec<(&'static str, Option<&'static str>)> {
             ("http-listen", Some("127.0.0.1:0")),
             ("max-connections", Some("100")),
         ],
+        "sidecar" => vec![
+            ("id", Some("s0")),
+            ("gossip-listen", Some("127.0.0.1:0")),
+            ("http-listen", Some("127.0.0.1:0")),
+            ("count-url", Some("http://127.0.0.1:1/count")),
+            ("shed-url", Some("http://127.0.0.1:1/shed")),
+        ],
         "simulate" => vec![
             ("counts", Some("100,0")),
             ("rounds", Some("3")),
@@ -273,6 +340,14 @@ fn command_line(sub: &str, flag: &str, value: Option<&str>) -> Vec<String> {
         pairs.retain(|(f, _)| *f != "counts");
         pairs.push(("counts", Some("60,40")));
     }
+    // Redis settings count only with the Redis backend.
+    if flag.starts_with("redis-") {
+        pairs.push(("backend", Some("redis")));
+    }
+    let wants_url = flag.starts_with("redis-") || (flag == "backend" && value == Some("redis"));
+    if wants_url && flag != "redis-url" {
+        pairs.push(("redis-url", Some("redis://127.0.0.1:1")));
+    }
     for (f, v) in pairs {
         args.push(format!("--{f}"));
         args.extend(v.map(str::to_owned));
@@ -280,6 +355,24 @@ fn command_line(sub: &str, flag: &str, value: Option<&str>) -> Vec<String> {
     args.push(format!("--{flag}"));
     args.extend(value.map(str::to_owned));
     args
+}
+
+/// `clb.example.toml` for `--config`; a PEM of a CA for `--redis-tls-ca`.
+fn example_path(flag: &str) -> String {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    match flag {
+        "config" => format!("{root}/clb.example.toml"),
+        _ => {
+            let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-flags-ca.pem");
+            // Any PEM does: a node with an unreachable Redis never uses it.
+            std::fs::write(
+                &path,
+                "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n",
+            )
+            .unwrap();
+            path.display().to_string()
+        }
+    }
 }
 
 fn plot_path(tag: &str) -> String {
@@ -403,10 +496,10 @@ fn every_option_of_every_subcommand_runs_with_a_valid_value() {
             values
                 .iter()
                 .map(|v| {
-                    Some(if *v == "PLOT" {
-                        plot_path(&format!("{sub}-{flag}"))
-                    } else {
-                        (*v).to_owned()
+                    Some(match *v {
+                        "PLOT" => plot_path(&format!("{sub}-{flag}")),
+                        "EXAMPLE" => example_path(&flag),
+                        _ => (*v).to_owned(),
                     })
                 })
                 .collect()
@@ -418,7 +511,7 @@ fn every_option_of_every_subcommand_runs_with_a_valid_value() {
             jobs.push((
                 name,
                 Box::new(move || match sub.as_str() {
-                    "node" => run_node(&args),
+                    "node" | "sidecar" => run_node(&args),
                     _ => {
                         let out = run_to_end(&args, Duration::from_secs(120));
                         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -73,6 +73,8 @@ mod worker;
 pub use backend::{BackendError, BackendHealth, ClusterBackend, MemoryCluster};
 #[cfg(feature = "gossip")]
 pub use backend::{ClusterKey, GossipBackend, GossipConfig};
+#[cfg(feature = "redis")]
+pub use backend::{RedisBackend, RedisConfig};
 pub use balancer::{
     Admission, Balancer, BuildError, Builder, DrainReport, Refusal, RoundCounts, Status,
     StatusHandle, StatusMember,

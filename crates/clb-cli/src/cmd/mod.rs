@@ -3,6 +3,7 @@
 mod chart;
 pub mod demo;
 pub mod node;
+pub mod sidecar;
 pub mod simulate;
 
 /// Logs to stderr, `RUST_LOG` honoured (default: info for clb, warn else).

@@ -16,76 +16,75 @@ use axum::routing::get;
 use clap::Args;
 use clb::adapter::axum::{ServeLimits, WsGate, serve};
 use clb::adapter::websocket::{ConnectionRegistry, ShedPolicy};
-use clb::backend::gossip::GossipStatus;
 use clb::metrics::Prometheus;
-use clb::{Balancer, GossipBackend, StatusHandle};
-use serde::Serialize;
+use clb::{Balancer, StatusHandle};
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
-use crate::args::{ConfigArgs, GossipArgs, LimitArgs};
+use crate::args::{ClusterArgs, LimitArgs};
+use crate::backend::Backend;
+use crate::config_file::{self, ConfigPath, layer};
 
 /// Run one cluster node.
 #[derive(Args, Debug)]
 pub struct NodeArgs {
-    /// This node's id, unique in the cluster (A-Z a-z 0-9 _ . - :).
-    #[arg(long)]
-    id: String,
-    /// WebSocket server address (path /ws; port 0: any free port).
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    ws_listen: SocketAddr,
-    /// HTTP address for /metrics, /status, /health/ready (port 0: any free port).
-    #[arg(long, default_value = "127.0.0.1:9090")]
-    http_listen: SocketAddr,
-    /// The URL clients should use for this node, advertised for steered
-    /// reconnects (default: `ws://<ws-listen>/ws`).
-    #[arg(long)]
-    advertise_url: Option<String>,
-    /// Name of the balanced resource; nodes balance per namespace.
-    #[arg(long, default_value = "websocket")]
-    namespace: String,
-    /// Which connections a shed closes first: random, newest, idle, ranked.
-    #[arg(long, default_value = "random", value_parser = |s: &str| s.parse::<ShedPolicy>().map_err(|e| e.to_string()))]
-    shed_policy: ShedPolicy,
     #[command(flatten)]
-    gossip: GossipArgs,
+    file: ConfigPath,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    #[command(flatten)]
+    ws: WsFields,
     #[command(flatten)]
     limits: LimitArgs,
-    #[command(flatten)]
-    config: ConfigArgs,
+}
+
+/// The WebSocket server's own settings: `[websocket]` in `clb.toml`.
+#[derive(Args, Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WsFields {
+    /// WebSocket server address, path /ws; port 0: any free port
+    /// (default: 127.0.0.1:8080).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ws_listen: Option<SocketAddr>,
+    /// Which connections a shed closes first: random, newest, idle, ranked
+    /// (default: random).
+    #[arg(long, value_parser = |s: &str| s.parse::<ShedPolicy>().map_err(|e| e.to_string()))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shed_policy: Option<ShedPolicy>,
 }
 
 /// Runs the node until SIGTERM or Ctrl-C, then shuts down gracefully.
 pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     crate::cmd::init_tracing();
     // Everything a user can get wrong is checked before anything starts.
-    let config = args.config.to_config()?;
-    clb::core::validate_namespace(&args.namespace)?;
-    if let Some(url) = &args.advertise_url {
-        clb::core::validate_address(url).context("--advertise-url")?;
-    }
-    let gossip = args.gossip.to_config(&args.id)?;
-    let limits = args.limits.to_fitted_limits()?;
+    let file = config_file::load(args.file.config.as_deref())?;
+    let member = args.cluster.resolve(&file)?;
+    let websocket = layer(&args.ws, file.websocket.as_ref())?;
+    let limits = layer(&args.limits, file.limits.as_ref())?.to_fitted_limits()?;
+    let ws_listen = websocket
+        .ws_listen
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)));
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
-        let ws = TcpListener::bind(args.ws_listen).await;
-        let ws = ws.with_context(|| format!("binding --ws-listen {}", args.ws_listen))?;
-        let http = TcpListener::bind(args.http_listen).await;
-        let http = http.with_context(|| format!("binding --http-listen {}", args.http_listen))?;
+        let ws = TcpListener::bind(ws_listen).await;
+        let ws = ws.with_context(|| format!("binding --ws-listen {ws_listen}"))?;
+        let http = TcpListener::bind(member.http_listen).await;
+        let http = http.with_context(|| format!("binding --http-listen {}", member.http_listen))?;
         let (ws_addr, http_addr) = (ws.local_addr()?, http.local_addr()?);
         let metrics = Prometheus::install()?;
-        let generation = gossip.generation;
-        let backend = Arc::new(GossipBackend::start(gossip).await?);
-        let registry = ConnectionRegistry::with_policy(limits.max_connections, args.shed_policy);
-        let balancer = Balancer::builder(&args.namespace)
-            .config(config.clone())
-            .address(args.advertise_url.unwrap_or(format!("ws://{ws_addr}/ws")))
+        let backend = Arc::new(Backend::start(member.backend).await?);
+        let policy = websocket.shed_policy.unwrap_or_default();
+        let registry = ConnectionRegistry::with_policy(limits.max_connections, policy);
+        let balancer = Balancer::builder(&member.namespace)
+            .config(member.config.clone())
+            .address(member.advertise_url.unwrap_or(format!("ws://{ws_addr}/ws")))
             .spawn(Arc::clone(&registry), Arc::clone(&backend))?;
         let gate = WsGate::new(registry, balancer.admission(), limits.clone());
         let node = Node {
             gate: gate.clone(),
             status: balancer.status_handle(),
             backend: Arc::clone(&backend),
-            generation,
         };
         let ws_app = Router::new().route("/ws", get(echo)).with_state(gate.clone());
         let http_app = Router::new()
@@ -101,14 +100,15 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         let http_server = tokio::spawn(serve("http", http, http_app, bounds, stop(stop_rx)));
         let signal = clb::shutdown_signal();
         // For scripts and the demo: the addresses bound (port 0 picks one).
-        let ready = serde_json::json!({"event": "ready", "node_id": args.id, "ws": ws_addr.to_string(),
-            "http": http_addr.to_string(), "gossip": backend.local_addr().to_string(), "generation": generation});
+        let gossip = backend.gossip_addr().map(|a| a.to_string());
+        let ready = serde_json::json!({"event": "ready", "node_id": member.id, "ws": ws_addr.to_string(),
+            "http": http_addr.to_string(), "gossip": gossip});
         if let Err(e) = writeln!(std::io::stdout().lock(), "{ready}") {
             // Nobody reads our stdout (or it is full): the node serves anyway.
             tracing::warn!(error = %e, "could not write the ready line to stdout");
         }
-        tracing::info!(node = %args.id, ws = %ws_addr, http = %http_addr, gossip = %backend.local_addr(),
-            strategy = %config.strategy, max_connections = limits.max_connections, "node ready");
+        tracing::info!(node = %member.id, ws = %ws_addr, http = %http_addr, gossip = ?gossip,
+            strategy = %member.config.strategy, max_connections = limits.max_connections, "node ready");
         let which = signal.await; // not in the macro: a disabled level skips it
         tracing::info!(signal = which, "shutting down");
         // Refuse, leave, let the leave spread, close every client (1012).
@@ -139,21 +139,21 @@ async fn echo(State(gate): State<WsGate>, upgrade: WebSocketUpgrade) -> Response
 struct Node {
     gate: WsGate,
     status: StatusHandle,
-    backend: Arc<GossipBackend>,
-    generation: u64,
+    backend: Arc<Backend>,
 }
 
 /// `/status`: SPEC §6 (the balancer's status, with the connections really
 /// open and the gate's verdict), plus what an operator wants next to it.
 #[derive(Serialize)]
-struct NodeStatus {
+pub struct NodeStatus {
     #[serde(flatten)]
     balancer: clb::Status,
-    generation: u64,
     /// Whether this node can take part in balancing; `not_ready` says why.
     ready: bool,
     draining: bool,
-    gossip: GossipStatus,
+    /// `{"gossip": …}` or `{"redis": …}`.
+    #[serde(flatten)]
+    backend: serde_json::Value,
 }
 
 async fn status(State(node): State<Node>) -> Json<NodeStatus> {
@@ -161,8 +161,7 @@ async fn status(State(node): State<Node>) -> Json<NodeStatus> {
     Json(NodeStatus {
         ready: balancer.not_ready.is_none(),
         balancer,
-        generation: node.generation,
         draining: node.gate.admission().is_draining(),
-        gossip: node.backend.status().await,
+        backend: node.backend.status().await,
     })
 }

@@ -130,6 +130,15 @@ impl RedisConfig {
                 });
             }
         }
+        if let Some(p) = &self.password {
+            if p.is_empty() || p.len() > 512 || p.chars().any(char::is_control) {
+                return Err(ConfigError::Invalid {
+                    field: "redis_password",
+                    value: "<hidden>".into(),
+                    expected: "1 to 512 bytes, no control characters",
+                });
+            }
+        }
         let ms = |d: Duration| d.as_millis();
         if !(100..=3_600_000).contains(&ms(self.member_ttl)) {
             return Err(ConfigError::OutOfRange {
@@ -450,6 +459,32 @@ fn parse_members(reply: Value) -> Result<Vec<MemberRecord>, String> {
             value,
             age: Duration::from_millis(u64::try_from(age).unwrap_or(0)),
         });
+    }
+}
+
+/// What `/status` shows of Redis (passwords masked).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RedisStatus {
+    /// The URLs, passwords masked.
+    pub urls: Vec<String>,
+    /// Whether they are a Redis Cluster.
+    pub cluster: bool,
+    /// The last call's error, if it failed.
+    pub last_error: Option<String>,
+}
+
+impl RedisBackend {
+    /// What `/status` shows of Redis.
+    pub fn status(&self) -> RedisStatus {
+        RedisStatus {
+            urls: self.config.urls.iter().map(|u| redact(u)).collect(),
+            cluster: self.config.cluster,
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        }
     }
 }
 

@@ -111,9 +111,12 @@ impl Cluster {
         if !seeds.is_empty() {
             command.args(["--seeds", &seeds.join(",")]);
         }
+        // Only the demo's own settings: none of the shell's CLB_* variables.
+        for (var, _) in std::env::vars().filter(|(k, _)| k.starts_with("CLB_")) {
+            command.env_remove(var);
+        }
         let mut child = command
             .args(&self.node_args)
-            .env_remove("CLB_CLUSTER_KEY")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))

@@ -21,45 +21,86 @@ use anyhow::{Context, bail};
 use clap::Args;
 use clb::core::Strategy;
 use clb_sim::metrics;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::time::{Instant, sleep};
 
 use self::cluster::Cluster;
 use self::monitor::{Phase, Sample, Watch};
-use crate::args::{ConfigArgs, parse_duration};
+use crate::args::{ConfigArgs, GossipArgs, LimitArgs, parse_duration};
+use crate::config_file::{self, ConfigPath, FileConfig, layer};
 use crate::probe;
 use crate::swarm::{Swarm, SwarmConfig};
 
 /// Run the demo: a local cluster, a rolling restart, a live view.
 #[derive(Args, Debug)]
 pub struct DemoArgs {
-    /// Node processes to start.
-    #[arg(long, default_value_t = 4)]
-    nodes: usize,
-    /// WebSocket clients to connect (one task each).
-    #[arg(long, default_value_t = 4000)]
-    clients: usize,
+    #[command(flatten)]
+    file: ConfigPath,
+    #[command(flatten)]
+    demo: DemoFields,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+/// The demo's own settings: `[demo]` in `clb.toml`.
+#[derive(Args, Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoFields {
+    /// Node processes to start (default: 4).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nodes: Option<usize>,
+    /// WebSocket clients to connect, one task each (default: 4000).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    clients: Option<usize>,
     /// Pause between one node being back and the next one stopping. Shorter
     /// than two rounds, the balancer holds (settles) through the whole
-    /// deploy, as it should: nothing is shed into nodes about to restart.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
-    restart_gap: Duration,
-    /// Seeds the clients' choices.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// Share of clients that follow steering hints, 0 to 1.
-    #[arg(long, default_value_t = 0.0)]
-    hint_followers: f64,
-    /// Give up waiting for balance this many rounds after the restart.
-    #[arg(long, default_value_t = 90)]
-    max_rounds: u32,
+    /// deploy, as it should: nothing is shed into nodes about to restart
+    /// (default: 1s).
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(
+        default,
+        with = "crate::args::serde_dur",
+        skip_serializing_if = "Option::is_none"
+    )]
+    restart_gap: Option<Duration>,
+    /// Seeds the clients' choices (default: 1).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<u64>,
+    /// Share of clients that follow steering hints, 0 to 1 (default: 0).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hint_followers: Option<f64>,
+    /// Give up waiting for balance this many rounds after the restart
+    /// (default: 90).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_rounds: Option<u32>,
     /// Print the SPEC §6 JSON object at the end (the live view goes to stderr).
     #[arg(long)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     json: bool,
     /// Write an SVG chart of per-node counts over time.
     #[arg(long, value_name = "FILE.svg")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     plot: Option<PathBuf>,
-    #[command(flatten)]
+}
+
+/// The demo's settings, layered and checked.
+#[derive(Debug)]
+struct Demo {
+    nodes: usize,
+    clients: usize,
+    restart_gap: Duration,
+    seed: u64,
+    hint_followers: f64,
+    max_rounds: u32,
+    json: bool,
+    plot: Option<PathBuf>,
+    /// The nodes' decision config, as every node gets it.
     config: ConfigArgs,
 }
 
@@ -69,45 +110,61 @@ const FD_OVERHEAD: u64 = 512;
 /// The pending-connection bound of the demo's nodes.
 const NODE_PENDING: usize = 64;
 
+impl DemoArgs {
+    fn resolve(&self) -> anyhow::Result<Demo> {
+        let file = config_file::load(self.file.config.as_deref())?;
+        let d = layer(&self.demo, file.demo.as_ref())?;
+        let mut config = layer(&self.config, file.balancer.as_ref())?;
+        // Rounds of a second keep the demo to about a minute.
+        config.round_duration.get_or_insert(Duration::from_secs(1));
+        let demo = Demo {
+            nodes: d.nodes.unwrap_or(4),
+            clients: d.clients.unwrap_or(4000),
+            restart_gap: d.restart_gap.unwrap_or(Duration::from_secs(1)),
+            seed: d.seed.unwrap_or(1),
+            hint_followers: d.hint_followers.unwrap_or(0.0),
+            max_rounds: d.max_rounds.unwrap_or(90),
+            json: d.json,
+            plot: d.plot,
+            config,
+        };
+        if !(2..=16).contains(&demo.nodes) {
+            bail!("nodes must be in [2, 16], got {}", demo.nodes);
+        }
+        if !(1..=100_000).contains(&demo.clients) {
+            bail!("clients must be in [1, 100000], got {}", demo.clients);
+        }
+        if !(0.0..=1.0).contains(&demo.hint_followers) {
+            bail!(
+                "hint_followers must be in [0, 1], got {}",
+                demo.hint_followers
+            );
+        }
+        if demo.restart_gap > Duration::from_secs(60) {
+            bail!(
+                "restart_gap must be in [0s, 60s], got {:?}",
+                demo.restart_gap
+            );
+        }
+        if !(1..=10_000).contains(&demo.max_rounds) {
+            bail!("max_rounds must be in [1, 10000], got {}", demo.max_rounds);
+        }
+        if let Some(path) = &demo.plot {
+            crate::cmd::check_writable(path).context("--plot")?;
+        }
+        Ok(demo)
+    }
+}
+
 /// Runs the demo to its summary; every node process is gone when it returns.
-pub fn run(mut args: DemoArgs) -> anyhow::Result<()> {
-    if !(2..=16).contains(&args.nodes) {
-        bail!("nodes must be in [2, 16], got {}", args.nodes);
-    }
-    if !(1..=100_000).contains(&args.clients) {
-        bail!("clients must be in [1, 100000], got {}", args.clients);
-    }
-    if !(0.0..=1.0).contains(&args.hint_followers) {
-        bail!(
-            "hint_followers must be in [0, 1], got {}",
-            args.hint_followers
-        );
-    }
-    if args.restart_gap > Duration::from_secs(60) {
-        bail!(
-            "restart_gap must be in [0s, 60s], got {:?}",
-            args.restart_gap
-        );
-    }
-    if !(1..=10_000).contains(&args.max_rounds) {
-        bail!("max_rounds must be in [1, 10000], got {}", args.max_rounds);
-    }
-    if let Some(path) = &args.plot {
-        crate::cmd::check_writable(path).context("--plot")?;
-    }
-    // Rounds of a second keep the demo to about a minute.
-    args.config
-        .round_duration
-        .get_or_insert(Duration::from_secs(1));
+pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let args = args.resolve()?;
     let config = args.config.to_config()?;
     ensure_fd_limit(args.clients as u64 + FD_OVERHEAD)?;
     if !args.json {
         crate::cmd::init_tracing();
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         tokio::select! {
             result = demo(&args, &config) => result,
@@ -137,21 +194,32 @@ fn ensure_fd_limit(needed: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn demo(args: &DemoArgs, config: &clb::Config) -> anyhow::Result<()> {
+async fn demo(args: &Demo, config: &clb::Config) -> anyhow::Result<()> {
     let round = config.round_duration;
-    let mut node_args = args.config.to_cli_args();
-    // Gossip well inside a round, so reports are always fresh.
-    let gossip = (round / 5).clamp(Duration::from_millis(50), Duration::from_millis(250));
-    node_args.extend([
-        "--gossip-interval".to_owned(),
-        format!("{}ms", gossip.as_millis()),
-        // Any node may briefly hold every client.
-        "--max-connections".to_owned(),
-        args.clients.to_string(),
-        "--max-pending-connections".to_owned(),
-        NODE_PENDING.to_string(),
-    ]);
     let log_dir = std::env::temp_dir().join(format!("clb-demo-{}", std::process::id()));
+    // The nodes get their settings the way a user's nodes would: a file.
+    let node_config = FileConfig {
+        balancer: Some(args.config.clone()),
+        gossip: Some(GossipArgs {
+            // Gossip well inside a round, so reports are always fresh.
+            gossip_interval: Some(
+                (round / 5).clamp(Duration::from_millis(50), Duration::from_millis(250)),
+            ),
+            ..GossipArgs::default()
+        }),
+        limits: Some(LimitArgs {
+            // Any node may briefly hold every client.
+            max_connections: Some(args.clients),
+            max_pending_connections: Some(NODE_PENDING),
+            ..LimitArgs::default()
+        }),
+        ..FileConfig::default()
+    };
+    std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
+    let node_toml = log_dir.join("node.toml");
+    std::fs::write(&node_toml, toml::to_string(&node_config)?)
+        .with_context(|| format!("writing {}", node_toml.display()))?;
+    let node_args = vec!["--config".to_owned(), node_toml.display().to_string()];
     let out_is_json = args.json;
     let say = |line: String| {
         if out_is_json {

@@ -145,8 +145,8 @@ fn scenario(name: ScenarioName, nodes: usize, clients: u64) -> Scenario {
 /// chosen strategy's preset, proportional when none (or classic) is chosen.
 fn candidate_config(args: &ConfigArgs) -> Result<Config, clb_core::ConfigError> {
     let mut args = args.clone();
-    if args.strategy == clb_core::Strategy::Classic {
-        args.strategy = clb_core::Strategy::Proportional;
+    if args.strategy == Some(clb_core::Strategy::Classic) {
+        args.strategy = Some(clb_core::Strategy::Proportional);
     }
     args.to_config()
 }
