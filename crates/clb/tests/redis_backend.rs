@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use clb::backend::redis::{RedisBackend, RedisConfig};
 use clb::{
-    Balancer, Config, DiscardReason, Event, Resource, ResourceError, RoundEvent, RoundOutcome,
-    ShedRequest,
+    Balancer, ClusterBackend, Config, DiscardReason, Event, Resource, ResourceError, RoundEvent,
+    RoundOutcome, ShedRequest,
 };
 use support::redis_server::{self, RedisCluster, RedisServer};
 use support::{backend_suite, eventually};
@@ -262,7 +262,6 @@ async fn a_report_written_by_hand_in_a_bad_format_is_never_decided_on() {
                 for args in [
                     vec!["HSET", "clb:{ws}:values", "evil@1", "count=999999"],
                     vec!["ZADD", "clb:{ws}:heard", &now, "evil@1"],
-                    vec!["ZADD", "clb:{ws}:changed", &now, "evil@1"],
                 ] {
                     let _ = tokio::process::Command::new("redis-cli")
                         .args(["-s", &s])
@@ -292,6 +291,35 @@ async fn a_report_written_by_hand_in_a_bad_format_is_never_decided_on() {
     for b in balancers {
         b.shutdown().await;
     }
+}
+
+#[tokio::test]
+async fn a_value_nobody_is_heard_for_is_removed_and_never_in_a_view() {
+    if !redis_server::available() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let server = RedisServer::start(&[]);
+    let a = backend("a", &[server.url()], false);
+    // Written by hand (or left when the `heard` key was evicted).
+    server.cli(&[
+        "HSET",
+        "clb:{ws}:values",
+        "ghost@1",
+        "1 v2;c=5;s=1;t=0.5;w=1;r=0",
+    ]);
+    let view = a
+        .publish_and_view("ws", &clb::NodeId::new("a"), "v2;c=1;s=1;t=0.5;w=1;r=0")
+        .await
+        .unwrap();
+    let nodes: Vec<&str> = view.iter().map(|m| m.node.as_str()).collect();
+    assert_eq!(nodes, ["a"]);
+    assert_eq!(
+        server
+            .cli(&["HEXISTS", "clb:{ws}:values", "ghost@1"])
+            .trim(),
+        "0"
+    );
 }
 
 #[tokio::test]

@@ -11,11 +11,12 @@
 //! 3. drops members not heard from for `member_ttl` (failure detection);
 //! 4. re-arms the expiry of the namespace's keys, so a cluster that goes
 //!    away leaves nothing behind;
-//! 5. returns every live member's value and age.
+//! 5. returns every live member's value, stamped with when it last changed
+//!    on the server's clock (the backend turns that into an age).
 //!
 //! The worker asks for a round's publish and view together
 //! ([`ClusterBackend::publish_and_view`]): one round trip a round, plus a
-//! lighter publish three times a round for freshness. The three keys of a
+//! lighter publish three times a round for freshness. The two keys of a
 //! namespace share a hash tag (`clb:{<namespace>}:…`), so one script touches
 //! one slot and the backend works on Redis Cluster. Each process publishes
 //! under `<node id>@<incarnation>` (its start time in ms), so two processes
@@ -208,26 +209,42 @@ impl std::fmt::Debug for RedisBackend {
     }
 }
 
-/// The round trip; see the module docs. KEYS: values, heard, changed.
+/// The round trip; see the module docs. KEYS: values, heard.
 /// ARGV: mode (`publish`, `view`, `both`), member, value, ttl in ms.
+///
+/// `values` maps a member to `<changed ms> <value>`; `heard` scores each
+/// member with when it last published. The view is `HGETALL values` as it
+/// stands, so Redis does no work per member in the common case: a per-member
+/// loop in Lua cost six times as much at 500 members (BENCHMARKS.md).
 const ROUND_TRIP: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[4])
 if ARGV[1] ~= 'view' then
-  if redis.call('HGET', KEYS[1], ARGV[2]) ~= ARGV[3] then
-    redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
-    redis.call('ZADD', KEYS[3], now, ARGV[2])
+  local old = redis.call('HGET', KEYS[1], ARGV[2])
+  local same = false
+  if old then
+    local space = string.find(old, ' ', 1, true)
+    same = space ~= nil and string.sub(old, space + 1) == ARGV[3]
+  end
+  if not same then
+    redis.call('HSET', KEYS[1], ARGV[2], string.format('%.0f', now) .. ' ' .. ARGV[3])
   end
   redis.call('ZADD', KEYS[2], now, ARGV[2])
 end
-local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - ttl))
-for _, m in ipairs(dead) do
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - ttl))) do
   redis.call('HDEL', KEYS[1], m)
   redis.call('ZREM', KEYS[2], m)
-  redis.call('ZREM', KEYS[3], m)
 end
-for i = 1, 3 do
+-- A value nobody is heard for (written by hand, or its key evicted) goes.
+if redis.call('HLEN', KEYS[1]) ~= redis.call('ZCARD', KEYS[2]) then
+  for _, m in ipairs(redis.call('HKEYS', KEYS[1])) do
+    if not redis.call('ZSCORE', KEYS[2], m) then
+      redis.call('HDEL', KEYS[1], m)
+    end
+  end
+end
+for i = 1, 2 do
   if redis.call('EXISTS', KEYS[i]) == 1 then
     redis.call('PEXPIRE', KEYS[i], ttl * 3)
   end
@@ -235,24 +252,13 @@ end
 if ARGV[1] == 'publish' then
   return {now}
 end
-local out = {now}
-for _, m in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-  local v = redis.call('HGET', KEYS[1], m)
-  local c = redis.call('ZSCORE', KEYS[3], m)
-  if v and c then
-    out[#out + 1] = m
-    out[#out + 1] = v
-    out[#out + 1] = now - tonumber(c)
-  end
-end
-return out
+return {now, redis.call('HGETALL', KEYS[1])}
 ";
 
-/// Leaving: this member's value and times go at once.
+/// Leaving: this member's value and time go at once.
 const LEAVE: &str = r"
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[3], ARGV[1])
 return 1
 ";
 
@@ -285,12 +291,11 @@ impl RedisBackend {
         format!("{}@{}", self.config.node_id, self.config.incarnation)
     }
 
-    fn keys(&self, namespace: &str) -> [String; 3] {
+    fn keys(&self, namespace: &str) -> [String; 2] {
         let p = &self.config.key_prefix;
         [
             format!("{p}{{{namespace}}}:values"),
             format!("{p}{{{namespace}}}:heard"),
-            format!("{p}{{{namespace}}}:changed"),
         ]
     }
 
@@ -375,7 +380,6 @@ impl RedisBackend {
         invocation
             .key(&keys[0])
             .key(&keys[1])
-            .key(&keys[2])
             .arg(mode)
             .arg(self.member())
             .arg(value)
@@ -426,27 +430,32 @@ impl RedisBackend {
     }
 }
 
-/// `[now, member, value, age_ms, member, value, age_ms, …]` as records.
+/// `[now, [member, "<changed ms> <value>", …]]` as records.
 fn parse_members(reply: Value) -> Result<Vec<MemberRecord>, String> {
     let Value::Array(items) = reply else {
         return Err(format!("the round trip returned {reply:?}, not an array"));
     };
-    let mut rest = items.into_iter().skip(1);
-    let mut records = Vec::new();
-    loop {
-        let (Some(member), Some(value), Some(age)) = (rest.next(), rest.next(), rest.next()) else {
-            return Ok(records);
-        };
-        let text = |v: Value| match v {
-            Value::BulkString(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
-            Value::SimpleString(s) => Ok(s),
-            other => Err(format!("expected a string, got {other:?}")),
-        };
+    let mut items = items.into_iter();
+    let (Some(Value::Int(now)), Some(Value::Array(fields))) = (items.next(), items.next()) else {
+        return Err("the round trip returned no time and values".into());
+    };
+    let text = |v: Value| match v {
+        Value::BulkString(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
+        Value::SimpleString(s) => Ok(s),
+        other => Err(format!("expected a string, got {other:?}")),
+    };
+    let mut records = Vec::with_capacity(fields.len() / 2);
+    let mut fields = fields.into_iter();
+    while let (Some(member), Some(stored)) = (fields.next(), fields.next()) {
         let member = text(member)?;
-        let value = text(value)?;
-        let Value::Int(age) = age else {
-            return Err(format!("expected an age, got {age:?}"));
-        };
+        let stored = text(stored)?;
+        // A value written by hand without the time goes to the core whole,
+        // as if just changed: the core refuses it or decides on it, never
+        // this backend.
+        let stamped = stored
+            .split_once(' ')
+            .and_then(|(ms, value)| Some((ms.parse::<i64>().ok()?, value.to_owned())));
+        let (changed, value) = stamped.unwrap_or((now, stored));
         // `node@incarnation`; a member written by hand without one is
         // incarnation 0 (and a node id the core may well refuse).
         let (node, incarnation) = match member.rsplit_once('@') {
@@ -457,9 +466,10 @@ fn parse_members(reply: Value) -> Result<Vec<MemberRecord>, String> {
             node: NodeId::new(node),
             incarnation,
             value,
-            age: Duration::from_millis(u64::try_from(age).unwrap_or(0)),
+            age: Duration::from_millis(u64::try_from(now - changed).unwrap_or(0)),
         });
     }
+    Ok(records)
 }
 
 /// What `/status` shows of Redis (passwords masked).
@@ -516,11 +526,7 @@ impl ClusterBackend for RedisBackend {
     async fn leave(&self, namespace: &str, _node: &NodeId) -> Result<(), BackendError> {
         let keys = self.keys(namespace);
         let mut invocation = self.leave_script.prepare_invoke();
-        invocation
-            .key(&keys[0])
-            .key(&keys[1])
-            .key(&keys[2])
-            .arg(self.member());
+        invocation.key(&keys[0]).key(&keys[1]).arg(self.member());
         self.call(|mut conn| async move {
             match &mut conn {
                 Conn::Single(c) => invocation.invoke_async::<Value>(c).await,
@@ -584,35 +590,40 @@ mod tests {
     #[test]
     fn replies_become_records_and_anything_else_is_malformed() {
         let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let now = 1_700_000_000_000;
         let reply = Value::Array(vec![
-            Value::Int(1_700_000_000_000),
-            bulk("a@17"),
-            bulk("v2;c=1;s=1;t=0.5;w=1;r=0"),
-            Value::Int(250),
-            bulk("by-hand"),
-            bulk("garbage"),
-            Value::Int(5),
+            Value::Int(now),
+            Value::Array(vec![
+                bulk("a@17"),
+                bulk(&format!("{} v2;c=1;s=1;t=0.5;w=1;r=0", now - 250)),
+                bulk("by-hand"),
+                bulk("garbage"),
+                bulk("stamped-by-hand@2"),
+                bulk(&format!("{now} also garbage")),
+            ]),
         ]);
         let records = parse_members(reply).unwrap();
-        assert_eq!(records.len(), 2);
+        assert_eq!(records.len(), 3);
         assert_eq!(
             (records[0].node.as_str(), records[0].incarnation),
             ("a", 17)
         );
+        assert_eq!(records[0].value, "v2;c=1;s=1;t=0.5;w=1;r=0");
         assert_eq!(records[0].age, Duration::from_millis(250));
+        // Without a time stamp the whole value goes to the core, which
+        // refuses it; with one, the rest does.
         assert_eq!(
             (records[1].node.as_str(), records[1].value.as_str()),
             ("by-hand", "garbage")
         );
+        assert_eq!(records[1].age, Duration::ZERO);
+        assert_eq!(records[2].value, "also garbage");
         assert!(parse_members(Value::Int(3)).is_err());
-        assert!(
-            parse_members(Value::Array(vec![
-                Value::Int(0),
-                bulk("a"),
-                bulk("v"),
-                bulk("x")
-            ]))
-            .is_err()
-        );
+        assert!(parse_members(Value::Array(vec![Value::Int(0)])).is_err());
+        let not_text = Value::Array(vec![
+            Value::Int(0),
+            Value::Array(vec![bulk("a"), Value::Int(5)]),
+        ]);
+        assert!(parse_members(not_text).is_err());
     }
 }

@@ -4,6 +4,10 @@
 //!
 //! Where `redis-server` is not installed the tests say so loudly and skip;
 //! under `CI=true` a missing server is a failure.
+//!
+//! Shared by the library's tests, `clb-cli`'s and the Redis benchmark
+//! (`#[path]`), each of which uses a part.
+#![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
