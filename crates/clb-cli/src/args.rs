@@ -350,8 +350,9 @@ impl GossipArgs {
 #[derive(Args, Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisArgs {
-    /// Redis URL(s), comma-separated: redis://[user:password@]host:port[/db],
-    /// rediss://… (TLS), redis+unix:///path; several for a Redis Cluster.
+    /// Redis URL(s), comma-separated: redis://user:password@host:port/db
+    /// (user, password, db optional), rediss://… (TLS), redis+unix:///path;
+    /// several for a Redis Cluster.
     #[arg(long, value_delimiter = ',')]
     #[serde(default, with = "serde_list", skip_serializing_if = "Vec::is_empty")]
     pub redis_url: Vec<String>,
@@ -421,7 +422,7 @@ pub struct NodeFields {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_listen: Option<SocketAddr>,
     /// The URL clients should use for this node, advertised for steered
-    /// reconnects (clb node's default: ws://<ws-listen>/ws).
+    /// reconnects (clb node's default: ws://WS-LISTEN/ws).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub advertise_url: Option<String>,
@@ -480,7 +481,22 @@ impl ClusterArgs {
             clb_core::validate_address(url).context("--advertise-url")?;
         }
         let config = layer(&self.config, file.balancer.as_ref())?.to_config()?;
-        let backend = match node.backend.unwrap_or_default() {
+        let kind = node.backend.unwrap_or_default();
+        // A file may hold both sections (to switch by one key); a flag for
+        // the backend not in use is a mistake worth stopping for.
+        let (unused, other) = match kind {
+            BackendKind::Gossip => (flags_given(&self.redis)?, BackendKind::Redis),
+            BackendKind::Redis => (flags_given(&self.gossip)?, BackendKind::Gossip),
+        };
+        if !unused.is_empty() {
+            bail!(
+                "{} set, but this member uses --backend {} (a {} setting has no effect)",
+                unused.join(", "),
+                kind.as_str(),
+                other.as_str()
+            );
+        }
+        let backend = match kind {
             BackendKind::Gossip => {
                 BackendPlan::Gossip(layer(&self.gossip, file.gossip.as_ref())?.to_config(&id)?)
             }
@@ -499,6 +515,15 @@ impl ClusterArgs {
             backend,
         })
     }
+}
+
+/// The flags set in `args`, as `--flag-name`.
+fn flags_given<T: Serialize>(args: &T) -> anyhow::Result<Vec<String>> {
+    let table = toml::Table::try_from(args).context("re-reading the flags")?;
+    Ok(table
+        .keys()
+        .map(|k| format!("--{}", k.replace('_', "-")))
+        .collect())
 }
 
 fn is_false(b: &bool) -> bool {

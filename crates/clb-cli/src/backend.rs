@@ -22,6 +22,16 @@ pub enum BackendKind {
     Redis,
 }
 
+impl BackendKind {
+    /// The name `--backend` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Gossip => "gossip",
+            BackendKind::Redis => "redis",
+        }
+    }
+}
+
 /// A checked backend config, not started yet.
 #[derive(Debug)]
 pub enum BackendPlan {

@@ -345,6 +345,10 @@ fn command_line(sub: &str, flag: &str, value: Option<&str>) -> Vec<String> {
         pairs.push(("backend", Some("redis")));
     }
     let wants_url = flag.starts_with("redis-") || (flag == "backend" && value == Some("redis"));
+    if wants_url {
+        // A gossip flag with the Redis backend is refused.
+        pairs.retain(|(f, _)| *f != "gossip-listen");
+    }
     if wants_url && flag != "redis-url" {
         pairs.push(("redis-url", Some("redis://127.0.0.1:1")));
     }

@@ -119,12 +119,12 @@ async fn a_node_with_another_cluster_key_is_never_admitted_says_so_and_is_not_re
         ..Spec::new("a")
     });
     let b = start(&Spec {
-        seeds: vec![a.gossip],
+        seeds: vec![a.gossip()],
         key,
         ..Spec::new("b")
     });
     let c = start(&Spec {
-        seeds: vec![a.gossip, b.gossip],
+        seeds: vec![a.gossip(), b.gossip()],
         key: Some("the-wrong-key-0123456789"),
         extra: &["--join-timeout", "2s"],
         ..Spec::new("c")
@@ -183,7 +183,7 @@ async fn a_node_with_another_cluster_key_is_never_admitted_says_so_and_is_not_re
     // Junk and truncated datagrams are dropped and counted too, and a lives on.
     let junk = UdpSocket::bind("127.0.0.1:0").unwrap();
     for datagram in [&b"junk"[..], &[0x03, 1, 2, 3][..], &[][..]] {
-        junk.send_to(datagram, a.gossip).unwrap();
+        junk.send_to(datagram, a.gossip()).unwrap();
     }
     until(Duration::from_secs(5), "junk counted", || async {
         rejected(&metrics(&a).await, "malformed").unwrap_or(0.0) >= 2.0
@@ -198,7 +198,7 @@ async fn a_node_restarted_with_the_same_id_is_counted_once() {
     let _serial = SERIAL.lock().await;
     let a = start(&Spec::new("a"));
     let spec_b = Spec {
-        seeds: vec![a.gossip],
+        seeds: vec![a.gossip()],
         ..Spec::new("b")
     };
     let mut b = start(&spec_b);

@@ -65,15 +65,15 @@ async fn captured_datagrams_replayed_to_another_node_are_refused_counted_and_nev
     let mut buf = vec![0u8; 65_536];
     while captured.len() < 20 && Instant::now() < deadline {
         if let Ok((len, from)) = tap.recv_from(&mut buf) {
-            assert_eq!(from, n2.gossip);
+            assert_eq!(from, n2.gossip());
             captured.push(buf[..len].to_vec());
         }
     }
     assert!(captured.len() >= 5, "n2 gossiped to its seed");
     // Replay everything to n1 (and back to n2) from the tap's address.
     for datagram in &captured {
-        tap.send_to(datagram, n1.gossip).unwrap();
-        tap.send_to(datagram, n2.gossip).unwrap();
+        tap.send_to(datagram, n1.gossip()).unwrap();
+        tap.send_to(datagram, n2.gossip()).unwrap();
     }
     until(Duration::from_secs(5), "the replays counted", || async {
         rejected(&metrics(&n1).await, "wrong_recipient") >= captured.len() as f64
@@ -86,7 +86,7 @@ async fn captured_datagrams_replayed_to_another_node_are_refused_counted_and_nev
     let quiet_until = Instant::now() + Duration::from_secs(1);
     while Instant::now() < quiet_until {
         if let Ok((_, from)) = tap.recv_from(&mut buf) {
-            assert_ne!(from, n1.gossip, "n1 answered a replay");
+            assert_ne!(from, n1.gossip(), "n1 answered a replay");
         }
     }
     assert!(
@@ -110,7 +110,7 @@ async fn a_datagram_flood_is_counted_in_full_and_logged_a_bounded_number_of_time
     // In batches a socket buffer holds, so the kernel drops none.
     for batch in 1..=20 {
         for _ in 0..100 {
-            junk.send_to(b"not gossip at all", node.gossip).unwrap();
+            junk.send_to(b"not gossip at all", node.gossip()).unwrap();
         }
         until(Duration::from_secs(10), "the batch counted", || async {
             rejected(&metrics(&node).await, "malformed") >= f64::from(batch * 100)
@@ -136,14 +136,14 @@ async fn two_processes_with_one_id_are_reported_and_no_round_is_decided_on_them(
         ..Spec::new("n1")
     });
     let b = start(&Spec {
-        seeds: vec![a.gossip],
+        seeds: vec![a.gossip()],
         key: KEY,
         ..Spec::new("n2")
     });
     formed(&[&a, &b], 2).await;
     // A second process started as n1 (a copy-pasted unit file, say).
     let twin = start(&Spec {
-        seeds: vec![a.gossip, b.gossip],
+        seeds: vec![a.gossip(), b.gossip()],
         key: KEY,
         ..Spec::new("n1")
     });
@@ -206,7 +206,7 @@ async fn seeds_that_do_not_resolve_or_a_missing_key_make_a_node_not_ready_and_sa
     // No key, seeded with a node that signs: it hears signed datagrams only
     // if the keyed node talks to it, so seed both ways.
     let keyless = start(&Spec {
-        seeds: vec![keyed.gossip],
+        seeds: vec![keyed.gossip()],
         extra: &["--join-timeout", "1s"],
         ..Spec::new("keyless")
     });

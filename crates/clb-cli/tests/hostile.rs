@@ -134,7 +134,7 @@ async fn a_client_that_pings_and_never_reads_is_cut_off() {
     // and pings as fast as the node reads them.
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
-    let mut stream = raw_ws(socket.connect(node.ws).await.unwrap()).await;
+    let mut stream = raw_ws(socket.connect(node.ws()).await.unwrap()).await;
     let burst: Vec<u8> = (0..1000)
         .flat_map(|_| frame(0x9, &[7u8; 125], true))
         .collect();
@@ -160,7 +160,7 @@ async fn a_client_that_pings_and_never_reads_is_cut_off() {
 async fn bad_input_gets_its_close_code_1009_1002_1007() {
     let _serial = SERIAL.lock().await;
     let node = start(&Spec::new("n0"));
-    let url = format!("ws://{}/ws", node.ws);
+    let url = format!("ws://{}/ws", node.ws());
     // 1009: a message over the 64 KiB default, from a well-formed client.
     let config = WebSocketConfig::default().max_message_size(Some(1 << 20));
     let (mut ws, _) = tokio_tungstenite::connect_async_with_config(&url, Some(config), false)
@@ -176,7 +176,7 @@ async fn bad_input_gets_its_close_code_1009_1002_1007() {
         other => panic!("expected close 1009, got {other:?}"),
     }
     // 1002: an unmasked frame from a client.
-    let mut raw = connect_raw(node.ws).await;
+    let mut raw = connect_raw(node.ws()).await;
     raw.write_all(&frame(0x1, b"unmasked", false))
         .await
         .unwrap();
@@ -185,7 +185,7 @@ async fn bad_input_gets_its_close_code_1009_1002_1007() {
         Some(1002)
     );
     // 1007: a text message that is not UTF-8.
-    let mut raw = connect_raw(node.ws).await;
+    let mut raw = connect_raw(node.ws()).await;
     raw.write_all(&frame(0x1, &[0xFF, 0xFE, 0xFD], true))
         .await
         .unwrap();
@@ -209,7 +209,7 @@ async fn a_full_node_answers_503_everywhere_alike() {
         extra: &["--max-connections", "2"],
         ..Spec::new("n0")
     });
-    let url = format!("ws://{}/ws", node.ws);
+    let url = format!("ws://{}/ws", node.ws());
     let (first, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
     let (_second, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
     match tokio_tungstenite::connect_async(&url).await {
@@ -256,7 +256,7 @@ async fn silent_connections_are_dropped_and_cannot_lock_out_health_or_upgrades()
         ..Spec::new("n0")
     });
     let mut silent = Vec::new();
-    for addr in [node.http, node.ws] {
+    for addr in [node.http, node.ws()] {
         for _ in 0..100 {
             silent.push(TcpStream::connect(addr).await.unwrap());
         }
@@ -278,7 +278,7 @@ async fn silent_connections_are_dropped_and_cannot_lock_out_health_or_upgrades()
     // Health and upgrades work, the silent sockets still held on our side.
     let (code, _) = probe::get(node.http, "/health/ready").await.unwrap();
     assert_eq!(code, 200);
-    let url = format!("ws://{}/ws", node.ws);
+    let url = format!("ws://{}/ws", node.ws());
     tokio_tungstenite::connect_async(&url).await.unwrap();
     let m = metrics(&node).await;
     for listener in ["http", "ws"] {
@@ -319,7 +319,7 @@ async fn at_a_file_limit_of_1024_a_thousand_silent_connections_lock_nothing_out(
         silent.push(TcpStream::connect(node.http).await.unwrap());
     }
     // Upgrades never stopped: the WebSocket listener has its own bound.
-    let url = format!("ws://{}/ws", node.ws);
+    let url = format!("ws://{}/ws", node.ws());
     let (ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
     // Health answers (503 while the HTTP listener is saturated, then 200
     // once the silent connections hit the handshake timeout) and says so.
@@ -345,7 +345,7 @@ async fn a_client_that_never_answers_pings_is_closed_going_away() {
         extra: &["--ws-ping-interval", "100ms", "--ws-idle-timeout", "400ms"],
         ..Spec::new("n0")
     });
-    let mut raw = connect_raw(node.ws).await;
+    let mut raw = connect_raw(node.ws()).await;
     let (seen, code) = read_until_close(&mut raw, Duration::from_secs(5)).await;
     assert!(
         seen.iter().filter(|&&op| op == 0x9).count() >= 2,
@@ -392,7 +392,7 @@ async fn the_count_is_what_is_open_when_shed_clients_are_stuck() {
         ..Spec::new("n0")
     });
     let n1 = start(&Spec {
-        seeds: vec![n0.gossip],
+        seeds: vec![n0.gossip()],
         extra,
         ..Spec::new("n1")
     });
@@ -403,7 +403,7 @@ async fn the_count_is_what_is_open_when_shed_clients_are_stuck() {
     for _ in 0..30 {
         let socket = TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(4096).unwrap();
-        let mut stream = raw_ws(socket.connect(n0.ws).await.unwrap()).await;
+        let mut stream = raw_ws(socket.connect(n0.ws()).await.unwrap()).await;
         stuck.push(tokio::spawn(async move {
             let chunk = frame(0x1, &[b'x'; 16 << 10], true);
             for _ in 0..400 {
@@ -437,7 +437,7 @@ async fn the_count_is_what_is_open_when_shed_clients_are_stuck() {
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         let count = status(&n0).await["count"].as_i64().unwrap();
-        let open = established(n0.ws.port()) as i64;
+        let open = established(n0.ws().port()) as i64;
         worst = worst.max((count - open).abs());
         sleep(Duration::from_millis(200)).await;
     }

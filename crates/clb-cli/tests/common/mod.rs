@@ -22,9 +22,9 @@ pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 pub struct Node {
     pub id: String,
     pub child: Child,
-    pub ws: SocketAddr,
+    ws: Option<SocketAddr>,
     pub http: SocketAddr,
-    pub gossip: SocketAddr,
+    gossip: Option<SocketAddr>,
     log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -36,6 +36,16 @@ impl Drop for Node {
 }
 
 impl Node {
+    /// The WebSocket listener (`clb node` only).
+    pub fn ws(&self) -> SocketAddr {
+        self.ws.expect("a sidecar has no WebSocket listener")
+    }
+
+    /// The gossip socket (the gossip backend only).
+    pub fn gossip(&self) -> SocketAddr {
+        self.gossip.expect("this member does not gossip")
+    }
+
     /// Everything the node has logged so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().join("\n")
@@ -68,6 +78,10 @@ pub struct Spec<'a> {
     pub extra: &'a [&'a str],
     /// Run under `ulimit -n` of this (soft and hard).
     pub file_limit: Option<u32>,
+    /// `node` (the default) or `sidecar`.
+    pub command: &'a str,
+    /// Extra environment variables.
+    pub env: &'a [(&'a str, &'a str)],
 }
 
 impl<'a> Spec<'a> {
@@ -78,6 +92,8 @@ impl<'a> Spec<'a> {
             key: None,
             extra: &[],
             file_limit: None,
+            command: "node",
+            env: &[],
         }
     }
 }
@@ -89,9 +105,15 @@ pub fn clb() -> Command {
     cmd
 }
 
+/// Every `CLB_*` variable is a setting (`CLB_ROUND_DURATION`, ...): none
+/// leaks from the test's environment into a child.
 fn clean_env(cmd: &mut Command) {
-    cmd.env_remove("CLB_CLUSTER_KEY")
-        .env_remove("RUST_BACKTRACE")
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("CLB_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.env_remove("RUST_BACKTRACE")
         .env("RUST_LOG", "warn,clb=info,clb_cli=info");
 }
 
@@ -108,11 +130,25 @@ pub fn start(spec: &Spec<'_>) -> Node {
         }
         None => clb(),
     };
-    cmd.args(["node", "--id", spec.id])
-        .args(["--gossip-listen", "127.0.0.1:0"])
-        .args(["--ws-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
-        .args(["--round-duration", "1s", "--gossip-interval", "250ms"]);
-    if !spec.extra.contains(&"--max-connections") && spec.file_limit.is_none() {
+    cmd.args([spec.command, "--id", spec.id]).args([
+        "--http-listen",
+        "127.0.0.1:0",
+        "--round-duration",
+        "1s",
+    ]);
+    if !spec.extra.contains(&"redis") {
+        cmd.args([
+            "--gossip-listen",
+            "127.0.0.1:0",
+            "--gossip-interval",
+            "250ms",
+        ]);
+    }
+    let node = spec.command == "node";
+    if node {
+        cmd.args(["--ws-listen", "127.0.0.1:0"]);
+    }
+    if node && !spec.extra.contains(&"--max-connections") && spec.file_limit.is_none() {
         // Fits any test machine's open-file limit.
         cmd.args(["--max-connections", "2000"]);
     }
@@ -125,6 +161,7 @@ pub fn start(spec: &Spec<'_>) -> Node {
     if let Some(key) = spec.key {
         cmd.env("CLB_CLUSTER_KEY", key);
     }
+    cmd.envs(spec.env.iter().copied());
     let mut child = cmd.spawn().expect("spawn clb node");
     let log = Arc::new(Mutex::new(Vec::new()));
     let stderr = child.stderr.take().unwrap();
@@ -165,9 +202,9 @@ pub fn start(spec: &Spec<'_>) -> Node {
     Node {
         id: spec.id.to_owned(),
         child,
-        ws: addr("ws"),
+        ws: ready["ws"].as_str().map(|a| a.parse().unwrap()),
         http: addr("http"),
-        gossip: addr("gossip"),
+        gossip: ready["gossip"].as_str().map(|a| a.parse().unwrap()),
         log,
     }
 }
@@ -177,13 +214,13 @@ pub fn cluster(n: usize, extra: &'static [&'static str], key: Option<&'static st
     let mut nodes: Vec<Node> = Vec::new();
     for i in 0..n {
         let id = format!("n{i}");
-        let seeds = nodes.iter().map(|n| n.gossip).collect();
+        let seeds = nodes.iter().map(|n| n.gossip()).collect();
         nodes.push(start(&Spec {
             id: &id,
             seeds,
             key,
             extra,
-            file_limit: None,
+            ..Spec::new(&id)
         }));
     }
     nodes
@@ -246,7 +283,10 @@ pub async fn formed(nodes: &[&Node], n: usize) {
 }
 
 pub fn ws_urls(nodes: &[&Node]) -> Vec<String> {
-    nodes.iter().map(|n| format!("ws://{}/ws", n.ws)).collect()
+    nodes
+        .iter()
+        .map(|n| format!("ws://{}/ws", n.ws()))
+        .collect()
 }
 
 /// The value of a Prometheus series, summed over the series whose name and
