@@ -71,6 +71,12 @@ pub struct ConfigArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub settle_rounds: Option<u32>,
+    /// Decide only while seeing a strict majority of the members seen in the
+    /// last this many rounds, so a partitioned minority never sheds; 0 = off
+    /// (default: classic: 0, else 60).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quorum_rounds: Option<u32>,
     /// Spread a shed over this share of a round; 0 = all at once
     /// (default: classic: 0, else 0.5).
     #[arg(long)]
@@ -122,6 +128,7 @@ impl ConfigArgs {
             self.max_shed_fraction.map(|Cap(v)| v),
         );
         set(&mut c.settle_rounds, self.settle_rounds);
+        set(&mut c.quorum_rounds, self.quorum_rounds);
         set(&mut c.pacing_window, self.pacing_window);
         set(&mut c.pacing_max_batches, self.pacing_max_batches);
         set(&mut c.admission_control, self.admission);

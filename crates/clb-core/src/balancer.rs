@@ -1,13 +1,13 @@
 //! The balancer state machine: one per node and namespace.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use rand_core::Rng;
 
 use crate::config::{Config, ConfigError, validate_address, validate_node_id};
 use crate::event::{Event, HoldReason, MemberCount, RoundEvent, RoundOutcome};
 use crate::member::{MemberRecord, MemberTable};
-use crate::report::{NodeId, Report, TieBreaker, unit_f64};
+use crate::report::{ClusterView, NodeId, Report, TieBreaker, unit_f64};
 use crate::round::{DiscardReason, Round, collect};
 use crate::safety::{Settle, ShedPlan, hard_cap};
 use crate::strategy::{self, Deficit};
@@ -129,6 +129,9 @@ pub struct Balancer<R> {
     refusal_hints: Vec<String>,
     /// Decodes and deduplicates what the backend holds.
     members: MemberTable,
+    /// Every member seen in a view (this node included) and when last: the
+    /// quorum's memory. A member that left gracefully is removed at once.
+    seen: HashMap<NodeId, Millis>,
     /// The last count read, for [`Balancer::accepting`].
     last_count: u64,
 
@@ -167,6 +170,7 @@ impl<R: Rng> Balancer<R> {
             deficits: Vec::new(),
             refusal_hints: Vec::new(),
             members: MemberTable::new(),
+            seen: HashMap::new(),
             last_count: 0,
             actions: VecDeque::new(),
             events: VecDeque::new(),
@@ -344,6 +348,9 @@ impl<R: Rng> Balancer<R> {
         }
         self.view_outstanding = false;
         let view = records.map(|r| self.members.assemble(now, r, self.config.round_duration));
+        if let Ok(view) = &view {
+            self.remember(now, view);
+        }
         let view = view.as_ref();
         let Some(own) = self.round_report.take() else {
             if let Ok(view) = view {
@@ -366,7 +373,13 @@ impl<R: Rng> Balancer<R> {
                 return;
             }
         };
-        match collect(&own, view, self.config.round_duration) {
+        let round = collect(&own, view, self.config.round_duration).and_then(|round| {
+            match self.quorum(round.num_members()) {
+                Some(reason) => Err(reason),
+                None => Ok(round),
+            }
+        });
+        match round {
             Ok(round) => self.decide(now, round),
             Err(reason) => {
                 let mut members: Vec<MemberCount> = view
@@ -443,6 +456,40 @@ impl<R: Rng> Balancer<R> {
             let hints = apportion(n, &self.deficits);
             self.actions.push_back(Action::Shed { n, hints });
         }
+    }
+
+    /// Updates the quorum's memory from a view: who is here now, who left
+    /// gracefully, who has been gone longer than the memory.
+    fn remember(&mut self, now: Millis, view: &ClusterView) {
+        if self.config.quorum_rounds == 0 {
+            return;
+        }
+        for node in view.members.iter().map(|m| &m.node).chain([&self.node]) {
+            self.seen.insert(node.clone(), now);
+        }
+        for node in &view.left {
+            if *node != self.node {
+                self.seen.remove(node);
+            }
+        }
+        let memory = self
+            .config
+            .round_duration
+            .saturating_mul(self.config.quorum_rounds);
+        self.seen
+            .retain(|_, at| now.saturating_since(*at) <= memory);
+    }
+
+    /// Why a complete round of `live` members (this node included) may not
+    /// be decided: `live` is no strict majority of the members remembered.
+    fn quorum(&self, live: usize) -> Option<DiscardReason> {
+        let known = self.seen.len().max(live);
+        (self.config.quorum_rounds > 0 && live * 2 <= known && known > 1).then_some(
+            DiscardReason::NoQuorum {
+                live: live as u64,
+                known: known as u64,
+            },
+        )
     }
 
     fn decide(&mut self, now: Millis, round: Round) {
@@ -730,6 +777,96 @@ mod tests {
                 n: 25,
                 hints: vec![]
             })
+        );
+    }
+
+    /// Drives `b` from `now` until it has ended `rounds` rounds on `records`,
+    /// returning the outcomes and the time reached.
+    fn rounds_on(
+        b: &mut Balancer<ChaCha8Rng>,
+        mut now: Millis,
+        count: u64,
+        records: &[MemberRecord],
+        rounds: usize,
+    ) -> (Vec<RoundOutcome>, Millis) {
+        let mut outcomes = Vec::new();
+        while outcomes.len() < rounds {
+            outcomes.extend(drive(b, now, Ok(count), records).1);
+            now = b.poll_timeout().unwrap();
+        }
+        (outcomes, now)
+    }
+
+    fn quorum_config() -> Config {
+        Config {
+            settle_rounds: 0,
+            quorum_rounds: 10,
+            ..Config::proportional()
+        }
+    }
+
+    #[test]
+    fn a_minority_of_the_members_seen_recently_decides_nothing_until_they_are_forgotten() {
+        let mut b = balancer(quorum_config());
+        let five = view(&[("b", 0, 0), ("c", 100, 0), ("d", 100, 0), ("e", 100, 0)]);
+        let (_, now) = rounds_on(&mut b, Millis(0), 100, &five, 2);
+        // Cut off with b: two of five, far out of balance, and yet no shed.
+        let two = view(&[("b", 0, 0)]);
+        let (outcomes, now) = rounds_on(&mut b, now, 400, &two, 9);
+        for o in &outcomes {
+            assert_eq!(
+                *o,
+                RoundOutcome::Discarded {
+                    reason: DiscardReason::NoQuorum { live: 2, known: 5 }
+                }
+            );
+        }
+        // Ten rounds without c, d and e: they are forgotten, the two decide.
+        let (outcomes, _) = rounds_on(&mut b, now, 400, &two, 3);
+        assert!(
+            matches!(outcomes.last(), Some(RoundOutcome::Shed { .. })),
+            "{outcomes:?}"
+        );
+    }
+
+    #[test]
+    fn a_majority_decides_and_members_that_left_gracefully_do_not_count() {
+        let mut b = balancer(quorum_config());
+        let five = view(&[("b", 0, 0), ("c", 100, 0), ("d", 100, 0), ("e", 100, 0)]);
+        let (_, now) = rounds_on(&mut b, Millis(0), 100, &five, 2);
+        let three = view(&[("b", 0, 0), ("c", 100, 0)]);
+        let (outcomes, now) = rounds_on(&mut b, now, 400, &three, 1);
+        assert!(
+            matches!(outcomes[0], RoundOutcome::Shed { .. }),
+            "{outcomes:?}"
+        );
+        // d and e left gracefully (their values are `left`), and c too: a
+        // scale-down, not a partition. The two left decide at once.
+        let mut scaled = view(&[("b", 0, 0)]);
+        for id in ["c", "d", "e"] {
+            scaled.push(MemberRecord {
+                node: id.into(),
+                incarnation: 0,
+                value: crate::wire::LEFT.into(),
+                age: Duration::ZERO,
+            });
+        }
+        let (outcomes, _) = rounds_on(&mut b, now, 400, &scaled, 1);
+        assert!(
+            matches!(outcomes[0], RoundOutcome::Shed { .. }),
+            "{outcomes:?}"
+        );
+    }
+
+    #[test]
+    fn the_classic_preset_has_no_quorum_rule() {
+        let mut b = balancer(Config::classic());
+        let five = view(&[("b", 0, 0), ("c", 0, 0), ("d", 0, 0), ("e", 0, 0)]);
+        let (_, now) = rounds_on(&mut b, Millis(0), 0, &five, 1);
+        let (outcomes, _) = rounds_on(&mut b, now, 100, &view(&[("b", 0, 0)]), 1);
+        assert!(
+            matches!(outcomes[0], RoundOutcome::Shed { .. }),
+            "{outcomes:?}"
         );
     }
 

@@ -94,6 +94,14 @@ pub struct Config {
     /// node refuses new resources only above the trigger band. Default 2
     /// (classic: 0); 0 to 1000.
     pub settle_rounds: u32,
+    /// Quorum: a node decides only while it sees a strict majority of the
+    /// members it has seen in the last `quorum_rounds` rounds (itself
+    /// included), so the minority side of a network partition never sheds
+    /// on its partial view. A member that leaves gracefully is forgotten at
+    /// once; one that crashed or is cut off counts until this many rounds
+    /// have passed without it. 0 turns the rule off (the classic preset).
+    /// Default 60 (10 minutes at the default round); 0 to 100000.
+    pub quorum_rounds: u32,
     /// Pacing: spread a decided amount over this share of a round, in
     /// jittered batches. 0 sheds all at once (the classic preset).
     /// Default 0.5; 0 to 0.9.
@@ -141,6 +149,7 @@ impl Config {
             abs_tolerance: 2,
             max_shed_fraction: None,
             settle_rounds: 0,
+            quorum_rounds: 0,
             pacing_window: 0.0,
             pacing_max_batches: 10,
             admission_control: false,
@@ -170,6 +179,7 @@ impl Config {
             min_shed_count: 1,
             max_shed_fraction: Some(0.1),
             settle_rounds: 2,
+            quorum_rounds: 60,
             pacing_window: 0.5,
             admission_control: true,
             ..Config::classic()
@@ -237,6 +247,13 @@ impl Config {
                 field: "settle_rounds",
                 value: self.settle_rounds.to_string(),
                 range: "[0, 1000]".into(),
+            });
+        }
+        if self.quorum_rounds > 100_000 {
+            return Err(ConfigError::OutOfRange {
+                field: "quorum_rounds",
+                value: self.quorum_rounds.to_string(),
+                range: "[0, 100000]".into(),
             });
         }
         check_f64(

@@ -101,8 +101,13 @@ impl MemberTable {
         });
         let mut members = Vec::with_capacity(order.len());
         let mut duplicates = Vec::new();
+        let mut left = Vec::new();
         for group in order.chunk_by(|a, b| a.node == b.node) {
             let newest = group[0];
+            if newest.value == wire::LEFT {
+                left.push(newest.node.clone());
+                continue;
+            }
             if group.iter().filter(|r| r.age <= fresh_within).count() >= 2 {
                 duplicates.push(newest.node.clone());
             }
@@ -127,6 +132,7 @@ impl MemberTable {
         ClusterView {
             members,
             duplicates,
+            left,
         }
     }
 

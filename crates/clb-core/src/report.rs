@@ -177,6 +177,10 @@ pub struct ClusterView {
     /// Node ids that more than one live process publishes under right now
     /// (two fresh incarnations): no round can be decided on them.
     pub duplicates: Vec<NodeId>,
+    /// Node ids whose newest value is [`crate::wire::LEFT`]: they left
+    /// gracefully and are not members.
+    #[serde(default)]
+    pub left: Vec<NodeId>,
 }
 
 impl ClusterView {
@@ -194,6 +198,7 @@ impl ClusterView {
                 })
                 .collect(),
             duplicates: Vec::new(),
+            left: Vec::new(),
         }
     }
 }

@@ -207,6 +207,15 @@ pub enum DiscardReason {
         /// The node id.
         node: NodeId,
     },
+    /// This node sees no strict majority of the members it has seen
+    /// recently (see [`crate::Config::quorum_rounds`]): it may be on the
+    /// minority side of a partition, and its view cannot be trusted.
+    NoQuorum {
+        /// Members in this round's view, this node included.
+        live: u64,
+        /// Members seen within the quorum memory, this node included.
+        known: u64,
+    },
 }
 
 impl DiscardReason {
@@ -219,11 +228,12 @@ impl DiscardReason {
             DiscardReason::StaleReport { .. } => "stale_report",
             DiscardReason::InvalidReport { .. } => "invalid_report",
             DiscardReason::DuplicateNode { .. } => "duplicate_node",
+            DiscardReason::NoQuorum { .. } => "no_quorum",
         }
     }
 
     /// Every label, for metrics that must exist from the start.
-    pub fn labels() -> [&'static str; 6] {
+    pub fn labels() -> [&'static str; 7] {
         [
             "count_failed",
             "backend_failed",
@@ -231,6 +241,7 @@ impl DiscardReason {
             "stale_report",
             "invalid_report",
             "duplicate_node",
+            "no_quorum",
         ]
     }
 }
@@ -256,6 +267,10 @@ impl fmt::Display for DiscardReason {
             DiscardReason::DuplicateNode { node } => write!(
                 f,
                 "two live processes publish as {node:?}: give every node its own id"
+            ),
+            DiscardReason::NoQuorum { live, known } => write!(
+                f,
+                "sees {live} of the {known} members seen recently, no majority: a partition or a mass failure"
             ),
         }
     }
@@ -391,6 +406,7 @@ mod tests {
                 age: Duration::ZERO,
             }],
             duplicates: vec![],
+            left: vec![],
         };
         assert_eq!(
             collect(&report("a", 1, 1), &view, ROUND),
@@ -407,6 +423,7 @@ mod tests {
         let view = ClusterView {
             members: vec![bad],
             duplicates: vec![],
+            left: vec![],
         };
         assert_eq!(
             collect(&report("a", 1, 1), &view, ROUND),
@@ -428,6 +445,7 @@ mod tests {
         let view = ClusterView {
             members: vec![member("c", 1, 0), undecodable],
             duplicates: vec![],
+            left: vec![],
         };
         assert_eq!(
             collect(&report("a", 1, 1), &view, ROUND),
@@ -439,6 +457,7 @@ mod tests {
         let view = ClusterView {
             members: vec![member("c", 1, 0)],
             duplicates: vec!["c".into()],
+            left: vec![],
         };
         assert_eq!(
             collect(&report("a", 1, 1), &view, ROUND),

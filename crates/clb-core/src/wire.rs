@@ -16,6 +16,13 @@
 //!   what the previous release writes, so a rolling upgrade never splits the
 //!   cluster.
 //!
+//! - **`left`**: the value a member writes when it leaves gracefully
+//!   ([`LEFT`]). It is not a report: the member is out of the view at once
+//!   and out of the quorum's memory (see [`crate::Config::quorum_rounds`]),
+//!   where a member that vanished without it counts as lost for a while.
+//!   A release before this one reads it as an unknown version and discards
+//!   rounds until the member is gone (a few seconds).
+//!
 //! The node id is not in the value: it is the backend member's identity.
 
 use std::fmt;
@@ -23,6 +30,10 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::report::{NodeId, Report, TieBreaker};
+
+/// What a member that left gracefully leaves behind in place of its report.
+/// Backends store it through [`crate::member`]'s contract like any value.
+pub const LEFT: &str = "left";
 
 /// The longest value accepted; a report is about 60 bytes.
 pub const MAX_VALUE: usize = 512;

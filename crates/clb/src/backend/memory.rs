@@ -161,10 +161,8 @@ impl ClusterBackend for MemoryCluster {
             .collect())
     }
 
+    /// Writes `left` in place of the report; it expires like any value.
     async fn leave(&self, namespace: &str, node: &NodeId) -> Result<(), BackendError> {
-        if let Some(members) = self.lock().namespaces.get_mut(namespace) {
-            members.remove(node);
-        }
-        Ok(())
+        self.publish(namespace, node, clb_core::wire::LEFT).await
     }
 }

@@ -28,8 +28,10 @@ pub use redis::{RedisBackend, RedisConfig};
 ///   drops or repairs a value: a value the core cannot read discards the
 ///   round, it is never silently left out;
 /// - namespaces never mix;
-/// - after `leave`, others stop listing the node promptly; a node that stops
-///   publishing without leaving is dropped by failure detection;
+/// - `leave` publishes [`clb_core::wire::LEFT`] in place of the report, so
+///   that others know the member left rather than failed (the core counts a
+///   failed member against its quorum for a while, a member that left not
+///   at all); a node that stops publishing is dropped by failure detection;
 /// - what arrives from the network in a form the backend cannot even carry
 ///   (a forged or malformed datagram, say) is dropped there and counted in
 ///   [`crate::metrics::REJECTED_MESSAGES`], and logged at a bounded rate.
@@ -64,7 +66,8 @@ pub trait ClusterBackend: Send + Sync + 'static {
         }
     }
 
-    /// Leaves `namespace` at once (graceful shutdown).
+    /// Leaves `namespace` at once (graceful shutdown): publishes
+    /// [`clb_core::wire::LEFT`].
     fn leave(
         &self,
         namespace: &str,

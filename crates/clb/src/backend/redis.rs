@@ -196,7 +196,6 @@ pub struct RedisBackend {
     config: RedisConfig,
     conn: AsyncMutex<Option<Conn>>,
     script: Script,
-    leave_script: Script,
     last_error: Mutex<Option<String>>,
     log: RateLimiter,
 }
@@ -255,13 +254,6 @@ end
 return {now, redis.call('HGETALL', KEYS[1])}
 ";
 
-/// Leaving: this member's value and time go at once.
-const LEAVE: &str = r"
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-return 1
-";
-
 impl RedisBackend {
     /// Checks the config; the connection is made at the first call and
     /// kept from then on, so a node starts while Redis is down (its rounds
@@ -280,7 +272,6 @@ impl RedisBackend {
             config,
             conn: AsyncMutex::new(None),
             script: Script::new(ROUND_TRIP),
-            leave_script: Script::new(LEAVE),
             last_error: Mutex::new(None),
             log: RateLimiter::default(),
         })
@@ -523,18 +514,9 @@ impl ClusterBackend for RedisBackend {
         self.round_trip("both", namespace, value).await
     }
 
-    async fn leave(&self, namespace: &str, _node: &NodeId) -> Result<(), BackendError> {
-        let keys = self.keys(namespace);
-        let mut invocation = self.leave_script.prepare_invoke();
-        invocation.key(&keys[0]).key(&keys[1]).arg(self.member());
-        self.call(|mut conn| async move {
-            match &mut conn {
-                Conn::Single(c) => invocation.invoke_async::<Value>(c).await,
-                Conn::Cluster(c) => invocation.invoke_async::<Value>(c).await,
-            }
-        })
-        .await
-        .map(|_| ())
+    /// Writes `left` in place of the report; it expires like any value.
+    async fn leave(&self, namespace: &str, node: &NodeId) -> Result<(), BackendError> {
+        self.publish(namespace, node, clb_core::wire::LEFT).await
     }
 
     fn node_id(&self) -> Option<NodeId> {

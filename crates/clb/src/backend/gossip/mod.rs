@@ -32,8 +32,8 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-pub use self::transport::ClusterKey;
 use self::transport::{AuthTransport, Reject, RejectStats};
+pub use self::transport::{ClusterKey, DatagramSocket};
 use super::{BackendError, BackendHealth, ClusterBackend};
 use crate::metrics;
 use crate::ratelimit::RateLimiter;
@@ -278,12 +278,26 @@ impl std::fmt::Debug for GossipBackend {
 impl GossipBackend {
     /// Binds the UDP socket and starts gossiping. Port 0 picks a free port;
     /// [`local_addr`](Self::local_addr) says which.
-    pub async fn start(mut config: GossipConfig) -> Result<Self, BackendError> {
+    pub async fn start(config: GossipConfig) -> Result<Self, BackendError> {
+        config.validate()?;
+        let bind_error = |e: std::io::Error| {
+            BackendError::Start(format!("binding gossip to {}: {e}", config.listen_addr))
+        };
+        let socket = std::net::UdpSocket::bind(config.listen_addr).map_err(bind_error)?;
+        socket.set_nonblocking(true).map_err(bind_error)?;
+        let socket = tokio::net::UdpSocket::from_std(socket).map_err(bind_error)?;
+        Self::start_on(config, socket).await
+    }
+
+    /// Starts gossiping on a socket the caller bound: a simulated network
+    /// in tests (see [`DatagramSocket`]). `config.listen_addr` is not used;
+    /// the socket's own address is.
+    pub async fn start_on<S: DatagramSocket>(
+        mut config: GossipConfig,
+        socket: S,
+    ) -> Result<Self, BackendError> {
         config.validate()?;
         config.seeds.retain(|s| !s.is_empty());
-        let socket = std::net::UdpSocket::bind(config.listen_addr).map_err(|e| {
-            BackendError::Start(format!("binding gossip to {}: {e}", config.listen_addr))
-        })?;
         let local_addr = socket
             .local_addr()
             .map_err(|e| BackendError::Start(format!("reading the gossip address: {e}")))?;
@@ -549,13 +563,10 @@ impl ClusterBackend for GossipBackend {
         Ok(records)
     }
 
-    async fn leave(&self, namespace: &str, _node: &NodeId) -> Result<(), BackendError> {
-        self.chitchat
-            .lock()
-            .await
-            .self_node_state()
-            .delete(&format!("{KEY_PREFIX}{namespace}"));
-        Ok(())
+    /// Writes `left` in place of the report, rather than deleting the key:
+    /// peers then know this member left, and do not count it as lost.
+    async fn leave(&self, namespace: &str, node: &NodeId) -> Result<(), BackendError> {
+        self.publish(namespace, node, clb_core::wire::LEFT).await
     }
 
     fn node_id(&self) -> Option<NodeId> {

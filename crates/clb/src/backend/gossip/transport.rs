@@ -438,8 +438,49 @@ impl RejectStats {
     }
 }
 
+/// What gossip sends and receives datagrams through: a real UDP socket
+/// ([`tokio::net::UdpSocket`]), or a simulated one, so that partitions,
+/// loss and crashes can be tested deterministically (the turmoil tests).
+/// Everything above it (signing, replay checks, chitchat) is the same.
+pub trait DatagramSocket: Send + Sync + 'static {
+    /// Sends one datagram to `to`.
+    fn send_to(
+        &self,
+        buf: &[u8],
+        to: SocketAddr,
+    ) -> impl Future<Output = std::io::Result<usize>> + Send;
+    /// Receives one datagram and who sent it.
+    fn recv_from(
+        &self,
+        buf: &mut [u8],
+    ) -> impl Future<Output = std::io::Result<(usize, SocketAddr)>> + Send;
+    /// The address the socket is bound to.
+    fn local_addr(&self) -> std::io::Result<SocketAddr>;
+}
+
+impl DatagramSocket for tokio::net::UdpSocket {
+    fn send_to(
+        &self,
+        buf: &[u8],
+        to: SocketAddr,
+    ) -> impl Future<Output = std::io::Result<usize>> + Send {
+        tokio::net::UdpSocket::send_to(self, buf, to)
+    }
+
+    fn recv_from(
+        &self,
+        buf: &mut [u8],
+    ) -> impl Future<Output = std::io::Result<(usize, SocketAddr)>> + Send {
+        tokio::net::UdpSocket::recv_from(self, buf)
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        tokio::net::UdpSocket::local_addr(self)
+    }
+}
+
 /// A chitchat [`Transport`] over UDP that signs and checks every datagram.
-pub(crate) struct AuthTransport {
+pub(crate) struct AuthTransport<S> {
     pub(crate) keys: Arc<[ClusterKey]>,
     /// This node's advertised gossip address: the `from` of what it sends.
     pub(crate) advertise: SocketAddr,
@@ -447,21 +488,19 @@ pub(crate) struct AuthTransport {
     pub(crate) own: Arc<[SocketAddr]>,
     /// The socket, bound before chitchat starts so that port 0 works and
     /// the real address is advertised.
-    pub(crate) socket: Mutex<Option<std::net::UdpSocket>>,
+    pub(crate) socket: Mutex<Option<S>>,
     pub(crate) stats: Arc<RejectStats>,
 }
 
 #[async_trait]
-impl Transport for AuthTransport {
+impl<S: DatagramSocket> Transport for AuthTransport<S> {
     async fn open(&self, _listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
-        let std_socket = self
+        let socket = self
             .socket
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()
             .ok_or_else(|| anyhow::anyhow!("the gossip socket was already opened"))?;
-        std_socket.set_nonblocking(true)?;
-        let socket = tokio::net::UdpSocket::from_std(std_socket)?;
         Ok(Box::new(AuthSocket {
             socket,
             keys: Arc::clone(&self.keys),
@@ -478,8 +517,8 @@ impl Transport for AuthTransport {
     }
 }
 
-struct AuthSocket {
-    socket: tokio::net::UdpSocket,
+struct AuthSocket<S> {
+    socket: S,
     keys: Arc<[ClusterKey]>,
     advertise: SocketAddr,
     own: Arc<[SocketAddr]>,
@@ -512,7 +551,7 @@ fn unix_ms() -> u64 {
 }
 
 #[async_trait]
-impl Socket for AuthSocket {
+impl<S: DatagramSocket> Socket for AuthSocket<S> {
     async fn send(&mut self, to: SocketAddr, message: ChitchatMessage) -> anyhow::Result<()> {
         self.buf_send.clear();
         message.serialize(&mut self.buf_send);
