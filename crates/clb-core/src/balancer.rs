@@ -23,7 +23,8 @@ pub enum Action {
     /// [`Balancer::handle_count`].
     ReadCount,
     /// Publish this report to the backend: store
-    /// [`wire::encode(&report)`](crate::wire::encode) as this node's value
+    /// [`wire::encode_in(&report, namespace)`](crate::wire::encode_in) as
+    /// this node's value
     /// (fire and forget: a failed publish shows up to others as a stale
     /// report).
     Publish(Report),
@@ -185,6 +186,16 @@ impl<R: Rng> Balancer<R> {
             validate_address(a)?;
         }
         self.address = address;
+        Ok(())
+    }
+
+    /// Names the namespace this balancer balances: from now on, a member
+    /// whose report names another one discards the round (a backend mixing
+    /// namespaces). Reports that name none (the previous release's) are
+    /// taken as they are.
+    pub fn set_namespace(&mut self, namespace: &str) -> Result<(), ConfigError> {
+        crate::config::validate_namespace(namespace)?;
+        self.members = MemberTable::for_namespace(namespace);
         Ok(())
     }
 

@@ -66,6 +66,9 @@ pub struct MemberTable {
     /// Node ids with two fresh incarnations, and since when.
     duplicated_since: BTreeMap<NodeId, Millis>,
     pass: u64,
+    /// The namespace being balanced, when known: values naming another are
+    /// refused.
+    namespace: Option<String>,
 }
 
 #[derive(Debug)]
@@ -79,6 +82,15 @@ impl MemberTable {
     /// An empty table.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty table for `namespace`: a value naming another namespace
+    /// is a member without a report ([`ReportError::WrongNamespace`]).
+    pub fn for_namespace(namespace: &str) -> Self {
+        MemberTable {
+            namespace: Some(namespace.to_owned()),
+            ..Self::default()
+        }
     }
 
     /// The view of one namespace at `now`. A record is fresh when its value
@@ -159,7 +171,7 @@ impl MemberTable {
             }
         }
         let result = if crate::config::validate_node_id(record.node.as_str()).is_ok() {
-            wire::decode(&record.node, &record.value)
+            wire::decode_in(&record.node, &record.value, self.namespace.as_deref())
         } else {
             Err(ReportError::InvalidValues)
         };

@@ -8,6 +8,9 @@
 //! # Versions
 //!
 //! - **v2** (written): `v2;c=<count>;s=<seq>;t=<tie_breaker>;w=<weight>;r=<0|1>[;a=<address>]`.
+//!   A node also writes `;n=<namespace>` ([`encode_in`]): a member whose
+//!   value names another namespace than the one being balanced is refused
+//!   (a backend mixing namespaces), one that names none is taken as is.
 //!   Keys may come in any order; keys this version does not know are
 //!   ignored, so a later release can add a field without a version bump and
 //!   without the older nodes leaving the newer ones out. `%` and `;` in the
@@ -57,6 +60,9 @@ pub enum ReportError {
     /// Well formed, but with values no decision can use (a weight of 0, a
     /// tie breaker outside `[0, 1)`, a control character in the address).
     InvalidValues,
+    /// A report of another namespace than the one being balanced: the
+    /// backend mixed namespaces.
+    WrongNamespace,
 }
 
 impl ReportError {
@@ -67,16 +73,18 @@ impl ReportError {
             ReportError::UnknownVersion => "unknown_report_version",
             ReportError::Malformed => "malformed_report",
             ReportError::InvalidValues => "invalid_report",
+            ReportError::WrongNamespace => "wrong_namespace",
         }
     }
 
     /// Every variant, for metrics that must exist from the start.
-    pub fn all() -> [ReportError; 4] {
+    pub fn all() -> [ReportError; 5] {
         [
             ReportError::Oversized,
             ReportError::UnknownVersion,
             ReportError::Malformed,
             ReportError::InvalidValues,
+            ReportError::WrongNamespace,
         ]
     }
 }
@@ -88,6 +96,7 @@ impl fmt::Display for ReportError {
             ReportError::UnknownVersion => "of an unknown version",
             ReportError::Malformed => "malformed",
             ReportError::InvalidValues => "carrying unusable values",
+            ReportError::WrongNamespace => "of another namespace (the backend mixed namespaces)",
         })
     }
 }
@@ -132,6 +141,29 @@ pub fn encode(report: &Report) -> String {
     out
 }
 
+/// Encodes a report as a node of `namespace` publishes it: [`encode`] and
+/// the namespace, so that a backend mixing namespaces is caught
+/// ([`decode_in`]). `namespace` is a valid one
+/// ([`crate::validate_namespace`]), which never needs escaping.
+///
+/// ```
+/// # use clb_core::{Report, TieBreaker, wire};
+/// # let report = Report { node: "n1".into(), count: 1, tie_breaker: TieBreaker::new(0.5),
+/// #     weight: 1.0, address: None, seq: 1, rebalancing: false };
+/// let value = wire::encode_in(&report, "ws");
+/// assert!(wire::decode_in(&report.node, &value, Some("ws")).is_ok());
+/// assert_eq!(
+///     wire::decode_in(&report.node, &value, Some("sse")),
+///     Err(wire::ReportError::WrongNamespace)
+/// );
+/// ```
+pub fn encode_in(report: &Report, namespace: &str) -> String {
+    let mut out = encode(report);
+    out.push_str(";n=");
+    out.push_str(namespace);
+    out
+}
+
 /// Encodes a report in the previous version (v1), as the previous release
 /// writes it: for tests of mixed-version clusters and for tools that must
 /// speak to older nodes.
@@ -149,6 +181,16 @@ pub fn encode_v1(report: &Report) -> String {
 
 /// Decodes a value of any version this release reads, for member `node`.
 pub fn decode(node: &NodeId, value: &str) -> Result<Report, ReportError> {
+    decode_in(node, value, None)
+}
+
+/// [`decode`], for a balancer of `namespace`: a value that names another
+/// namespace is refused ([`ReportError::WrongNamespace`]).
+pub fn decode_in(
+    node: &NodeId,
+    value: &str,
+    namespace: Option<&str>,
+) -> Result<Report, ReportError> {
     if value.len() > MAX_VALUE {
         return Err(ReportError::Oversized);
     }
@@ -157,6 +199,11 @@ pub fn decode(node: &NodeId, value: &str) -> Result<Report, ReportError> {
         Some(("v1", rest)) => decode_v1(rest)?,
         _ => return Err(ReportError::UnknownVersion),
     };
+    if let (Some(theirs), Some(ours)) = (&fields.namespace, namespace) {
+        if theirs != ours {
+            return Err(ReportError::WrongNamespace);
+        }
+    }
     let report = Report {
         node: node.clone(),
         count: fields.count,
@@ -180,11 +227,13 @@ struct Fields {
     weight: f64,
     rebalancing: bool,
     address: Option<String>,
+    namespace: Option<String>,
 }
 
 fn decode_v2(rest: &str) -> Result<Fields, ReportError> {
     let (mut count, mut seq, mut tie, mut weight, mut rebalancing, mut address) =
         (None, None, None, None, None, None);
+    let mut namespace = None;
     for field in rest.split(';') {
         let (key, value) = field.split_once('=').ok_or(ReportError::Malformed)?;
         let slot_taken = match key {
@@ -194,6 +243,7 @@ fn decode_v2(rest: &str) -> Result<Fields, ReportError> {
             "w" => weight.replace(number::<f64>(value)?).is_some(),
             "r" => rebalancing.replace(flag(value)?).is_some(),
             "a" => address.replace(unescape(value)?).is_some(),
+            "n" => namespace.replace(value.to_owned()).is_some(),
             // A field of a later release: ignored, so that adding one never
             // splits a cluster during an upgrade.
             _ => false,
@@ -209,6 +259,7 @@ fn decode_v2(rest: &str) -> Result<Fields, ReportError> {
         weight: weight.ok_or(ReportError::Malformed)?,
         rebalancing: rebalancing.unwrap_or(false),
         address: address.filter(|a| !a.is_empty()),
+        namespace,
     })
 }
 
@@ -222,6 +273,7 @@ fn decode_v1(rest: &str) -> Result<Fields, ReportError> {
         weight: number(next()?)?,
         rebalancing: flag(next()?)?,
         address: Some(next()?.to_owned()).filter(|a| !a.is_empty()),
+        namespace: None,
     })
 }
 

@@ -401,6 +401,7 @@ impl Builder {
         let mut core =
             clb_core::Balancer::new(node, self.config.clone(), clb_core::Millis(0), rng)?;
         core.set_address(self.address.clone())?;
+        core.set_namespace(&self.namespace)?;
 
         let shared = Arc::new(Shared {
             accept_up_to: AtomicU64::new(u64::MAX),

@@ -53,6 +53,8 @@ pub(crate) struct Worker<R, B> {
 struct InFlight {
     count: Option<Guarded<u64, ResourceError>>,
     shed: Option<Guarded<u64, ResourceError>>,
+    /// How many the shed in flight was asked for.
+    shed_asked: u64,
     view: Option<Guarded<Vec<MemberRecord>, BackendError>>,
     publish: Option<Guarded<(), BackendError>>,
     /// The newest value waiting for the publish in flight to finish; an
@@ -99,7 +101,7 @@ impl<R: Resource, B: ClusterBackend> Worker<R, B> {
                         // Held until the end of this drain: a round's view
                         // comes right after its publish, and a backend may
                         // do both in one round trip.
-                        unsent = Some(wire::encode(&report));
+                        unsent = Some(wire::encode_in(&report, &self.namespace));
                     }
                     Action::FetchView => {
                         debug_assert!(calls.view.is_none(), "core asked for a second view");
@@ -124,6 +126,7 @@ impl<R: Resource, B: ClusterBackend> Worker<R, B> {
                     }
                     Action::Shed { n, hints } => {
                         debug_assert!(calls.shed.is_none(), "core asked for a second shed");
+                        calls.shed_asked = n;
                         let request = ShedRequest::with_hints(n, hints).within(self.timeouts.shed);
                         let resource = Arc::clone(&self.resource);
                         calls.shed = Some(guarded(self.timeouts.shed, async move {
@@ -161,7 +164,10 @@ impl<R: Resource, B: ClusterBackend> Worker<R, B> {
                 }
                 res = join_opt(calls.shed.as_mut()) => {
                     calls.shed = None;
-                    let shed = self.check("shed", self.timeouts.shed, res).map_err(|()| ShedFailed);
+                    let shed = self
+                        .check("shed", self.timeouts.shed, res)
+                        .map(|n| self.believable_shed(n, calls.shed_asked, &log))
+                        .map_err(|()| ShedFailed);
                     let now = self.now();
                     self.core.handle_shed_done(now, shed);
                 }
@@ -248,6 +254,22 @@ impl<R: Resource, B: ClusterBackend> Worker<R, B> {
         }
         self.shared
             .set_readiness(not_ready, health.warnings, duplicates);
+    }
+
+    /// What a shed closed, as far as it can be believed: a resource that
+    /// says it closed more than it was asked has a bug; it is counted as
+    /// failed and believed up to what was asked, so the count of shed
+    /// resources never exceeds what was decided.
+    fn believable_shed(&self, reported: u64, asked: u64, log: &RateLimiter) -> u64 {
+        if reported <= asked {
+            return reported;
+        }
+        ::metrics::counter!(metrics::RESOURCE_FAILURES, "namespace" => self.namespace.to_string(), "call" => "shed").increment(1);
+        if log.hit("shed_overreported").is_some() {
+            tracing::warn!(namespace = %self.namespace, asked, reported,
+                "resource shed() says it closed {reported} when asked for {asked}; counted as {asked}: check its return value");
+        }
+        asked
     }
 
     /// Flattens a resource call's result, logging and counting the failure.

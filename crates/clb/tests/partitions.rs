@@ -159,7 +159,8 @@ impl World {
                 })
                 .collect();
             if open.is_empty() {
-                self.reconnecting.push((now + Duration::from_millis(200), n));
+                self.reconnecting
+                    .push((now + Duration::from_millis(200), n));
             } else {
                 let j = open[self.rng.random_range(0..open.len())];
                 self.connected[j] += n;
@@ -440,7 +441,10 @@ fn check(name: &str, scenario: Scenario) {
         );
         sheds += outcome.sheds;
     }
-    assert!(sheds > 0, "{name}: no seed ever shed: the test proves nothing");
+    assert!(
+        sheds > 0,
+        "{name}: no seed ever shed: the test proves nothing"
+    );
 }
 
 /// Every client on n1: a rebalance is under way when the faults come.
@@ -453,10 +457,7 @@ fn a_symmetric_3_2_split_never_lets_the_minority_shed() {
         Scenario {
             // The minority side holds the excess: it would shed if it could.
             counts: [0, 0, 0, 900, 100],
-            steps: vec![
-                (5, Step::Split(&[&[0, 1, 2], &[3, 4]])),
-                (25, Step::Heal),
-            ],
+            steps: vec![(5, Step::Split(&[&[0, 1, 2], &[3, 4]])), (25, Step::Heal)],
         },
     );
 }
