@@ -56,7 +56,12 @@ pub fn load(path: Option<&Path>) -> anyhow::Result<FileConfig> {
     };
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading --config {}", path.display()))?;
-    toml::from_str(&text).map_err(|e| anyhow!("{}", located(path, &text, &e)))
+    parse(path, &text)
+}
+
+/// The file's text as a config; errors name `path`, the line and the key.
+pub fn parse(path: &Path, text: &str) -> anyhow::Result<FileConfig> {
+    toml::from_str(text).map_err(|e| anyhow!("{}", located(path, text, &e)))
 }
 
 /// `file:line: message (at: the line)` from a TOML error.
@@ -64,7 +69,8 @@ fn located(path: &Path, text: &str, e: &toml::de::Error) -> String {
     let message = e.message();
     match e.span() {
         Some(span) => {
-            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
             let source = text.lines().nth(line - 1).unwrap_or("").trim();
             format!("{}:{line}: {message} (at `{source}`)", path.display())
         }

@@ -469,13 +469,22 @@ impl<R: Rng> Balancer<R> {
         }
     }
 
-    /// Updates the quorum's memory from a view: who is here now, who left
-    /// gracefully, who has been gone longer than the memory.
+    /// Updates the quorum's memory from a view: who is here now, who the
+    /// backend knows but considers failed, who left gracefully, and who
+    /// has been gone longer than the memory. Only a node that holds a
+    /// majority forgets: the minority side of a long partition never
+    /// shrinks the cluster down to itself.
     fn remember(&mut self, now: Millis, view: &ClusterView) {
         if self.config.quorum_rounds == 0 {
             return;
         }
-        for node in view.members.iter().map(|m| &m.node).chain([&self.node]) {
+        let live: Vec<&NodeId> = view
+            .members
+            .iter()
+            .map(|m| &m.node)
+            .chain([&self.node])
+            .collect();
+        for node in live.iter().copied().chain(&view.lost) {
             self.seen.insert(node.clone(), now);
         }
         for node in &view.left {
@@ -483,12 +492,17 @@ impl<R: Rng> Balancer<R> {
                 self.seen.remove(node);
             }
         }
-        let memory = self
-            .config
-            .round_duration
-            .saturating_mul(self.config.quorum_rounds);
-        self.seen
-            .retain(|_, at| now.saturating_since(*at) <= memory);
+        let mut live = live;
+        live.sort();
+        live.dedup();
+        if live.len() * 2 > self.seen.len() {
+            let memory = self
+                .config
+                .round_duration
+                .saturating_mul(self.config.quorum_rounds);
+            self.seen
+                .retain(|_, at| now.saturating_since(*at) <= memory);
+        }
     }
 
     /// Why a complete round of `live` members (this node included) may not
@@ -817,13 +831,13 @@ mod tests {
     }
 
     #[test]
-    fn a_minority_of_the_members_seen_recently_decides_nothing_until_they_are_forgotten() {
+    fn a_minority_decides_nothing_and_a_majority_forgets_the_lost_after_the_memory() {
         let mut b = balancer(quorum_config());
         let five = view(&[("b", 0, 0), ("c", 100, 0), ("d", 100, 0), ("e", 100, 0)]);
         let (_, now) = rounds_on(&mut b, Millis(0), 100, &five, 2);
         // Cut off with b: two of five, far out of balance, and yet no shed.
         let two = view(&[("b", 0, 0)]);
-        let (outcomes, now) = rounds_on(&mut b, now, 400, &two, 9);
+        let (outcomes, now) = rounds_on(&mut b, now, 400, &two, 3);
         for o in &outcomes {
             assert_eq!(
                 *o,
@@ -832,10 +846,59 @@ mod tests {
                 }
             );
         }
-        // Ten rounds without c, d and e: they are forgotten, the two decide.
-        let (outcomes, _) = rounds_on(&mut b, now, 400, &two, 3);
+        // d and e crashed for good; with b and c this node is a majority
+        // and decides, and after ten rounds it forgets d and e ...
+        let three = view(&[("b", 0, 0), ("c", 100, 0)]);
+        let (outcomes, now) = rounds_on(&mut b, now, 400, &three, 11);
         assert!(
-            matches!(outcomes.last(), Some(RoundOutcome::Shed { .. })),
+            matches!(outcomes[0], RoundOutcome::Shed { .. }),
+            "{outcomes:?}"
+        );
+        // ... so that losing c as well leaves two of three: still a majority.
+        let (outcomes, _) = rounds_on(&mut b, now, 400, &two, 1);
+        assert!(
+            matches!(outcomes[0], RoundOutcome::Shed { .. }),
+            "{outcomes:?}"
+        );
+    }
+
+    #[test]
+    fn a_minority_never_forgets_the_others_however_long_the_partition() {
+        let mut b = balancer(quorum_config());
+        let five = view(&[("b", 0, 0), ("c", 100, 0), ("d", 100, 0), ("e", 100, 0)]);
+        let (_, now) = rounds_on(&mut b, Millis(0), 100, &five, 2);
+        let two = view(&[("b", 0, 0)]);
+        // Five times the memory: still two of five.
+        let (outcomes, _) = rounds_on(&mut b, now, 400, &two, 50);
+        assert!(
+            outcomes.iter().all(|o| *o
+                == RoundOutcome::Discarded {
+                    reason: DiscardReason::NoQuorum { live: 2, known: 5 }
+                }),
+            "{outcomes:?}"
+        );
+    }
+
+    #[test]
+    fn a_restarted_node_counts_the_members_its_backend_knows_as_lost() {
+        // A fresh balancer (a restart) inside a minority: it never saw c, d
+        // and e, but gossip still knows them as failed.
+        let mut b = balancer(quorum_config());
+        let mut records = view(&[("b", 0, 0)]);
+        for id in ["c", "d", "e"] {
+            records.push(MemberRecord {
+                node: id.into(),
+                incarnation: 0,
+                value: crate::wire::LOST.into(),
+                age: Duration::ZERO,
+            });
+        }
+        let (outcomes, _) = rounds_on(&mut b, Millis(0), 400, &records, 3);
+        assert!(
+            outcomes.iter().all(|o| *o
+                == RoundOutcome::Discarded {
+                    reason: DiscardReason::NoQuorum { live: 2, known: 5 }
+                }),
             "{outcomes:?}"
         );
     }

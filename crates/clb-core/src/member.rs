@@ -114,13 +114,23 @@ impl MemberTable {
         let mut members = Vec::with_capacity(order.len());
         let mut duplicates = Vec::new();
         let mut left = Vec::new();
+        let mut lost = Vec::new();
         for group in order.chunk_by(|a, b| a.node == b.node) {
-            let newest = group[0];
-            if newest.value == wire::LEFT {
-                left.push(newest.node.clone());
+            // `left` and `lost` stand for a node only when no life of it
+            // is publishing: a restarted node's new life may look failed
+            // to gossip until its first heartbeats, and must not hide the
+            // old life that still runs.
+            let marker = |r: &&MemberRecord| r.value == wire::LEFT || r.value == wire::LOST;
+            let Some(newest) = group.iter().find(|r| !marker(r)).copied() else {
+                if group[0].value == wire::LEFT {
+                    left.push(group[0].node.clone());
+                } else {
+                    lost.push(group[0].node.clone());
+                }
                 continue;
-            }
-            if group.iter().filter(|r| r.age <= fresh_within).count() >= 2 {
+            };
+            let fresh = group.iter().filter(|r| !marker(r) && r.age <= fresh_within);
+            if fresh.count() >= 2 {
                 duplicates.push(newest.node.clone());
             }
             let (report, error) = match self.decode(newest) {
@@ -145,6 +155,7 @@ impl MemberTable {
             members,
             duplicates,
             left,
+            lost,
         }
     }
 
@@ -233,6 +244,27 @@ mod tests {
             .collect();
         assert_eq!(seen, [("a", Some(10)), ("b", Some(0))]);
         assert!(view.duplicates.is_empty(), "a restart is not a duplicate");
+    }
+
+    #[test]
+    fn a_marker_never_hides_a_life_that_still_publishes() {
+        let mut table = MemberTable::new();
+        let lost = |incarnation| MemberRecord {
+            node: "b".into(),
+            incarnation,
+            value: wire::LOST.into(),
+            age: Duration::ZERO,
+        };
+        // b restarted: gossip does not trust the new life yet (lost), the
+        // old one still runs. b is a member, once, with the old report.
+        let view = table.assemble(Millis(0), &[record("b", 1, 7, 100), lost(2)], ROUND);
+        assert_eq!(view.members.len(), 1);
+        assert_eq!(view.members[0].report.as_ref().map(|r| r.count), Some(7));
+        assert!(view.lost.is_empty() && view.duplicates.is_empty());
+        // Every life failed: b is lost, not a member.
+        let view = table.assemble(Millis(1), &[lost(1), lost(2)], ROUND);
+        assert!(view.members.is_empty());
+        assert_eq!(view.lost, [NodeId::from("b")]);
     }
 
     #[test]

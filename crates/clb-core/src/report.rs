@@ -181,6 +181,10 @@ pub struct ClusterView {
     /// gracefully and are not members.
     #[serde(default)]
     pub left: Vec<NodeId>,
+    /// Node ids the backend knows but considers failed
+    /// ([`crate::wire::LOST`]): not members, but counted by the quorum.
+    #[serde(default)]
+    pub lost: Vec<NodeId>,
 }
 
 impl ClusterView {
@@ -199,6 +203,7 @@ impl ClusterView {
                 .collect(),
             duplicates: Vec::new(),
             left: Vec::new(),
+            lost: Vec::new(),
         }
     }
 }

@@ -407,6 +407,7 @@ mod tests {
             }],
             duplicates: vec![],
             left: vec![],
+            lost: vec![],
         };
         assert_eq!(
             collect(&report("a", 1, 1), &view, ROUND),
@@ -424,6 +425,7 @@ mod tests {
             members: vec![bad],
             duplicates: vec![],
             left: vec![],
+            lost: vec![],
         };
         assert_eq!(
             collect(&report("a", 1, 1), &view, ROUND),
@@ -446,6 +448,7 @@ mod tests {
             members: vec![member("c", 1, 0), undecodable],
             duplicates: vec![],
             left: vec![],
+            lost: vec![],
         };
         assert_eq!(
             collect(&report("a", 1, 1), &view, ROUND),
@@ -458,6 +461,7 @@ mod tests {
             members: vec![member("c", 1, 0)],
             duplicates: vec!["c".into()],
             left: vec![],
+            lost: vec![],
         };
         assert_eq!(
             collect(&report("a", 1, 1), &view, ROUND),

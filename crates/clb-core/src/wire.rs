@@ -25,6 +25,8 @@
 //!   where a member that vanished without it counts as lost for a while.
 //!   A release before this one reads it as an unknown version and discards
 //!   rounds until the member is gone (a few seconds).
+//! - **`lost`** ([`LOST`]) is never published: a backend hands it over for
+//!   a member it knows but considers failed.
 //!
 //! The node id is not in the value: it is the backend member's identity.
 
@@ -38,8 +40,18 @@ use crate::report::{NodeId, Report, TieBreaker};
 /// Backends store it through [`crate::member`]'s contract like any value.
 pub const LEFT: &str = "left";
 
-/// The longest value accepted; a report is about 60 bytes.
-pub const MAX_VALUE: usize = 512;
+/// What a backend hands over, in place of a value, for a member its
+/// membership layer still knows but considers failed (gossip: a node the
+/// failure detector declared dead that did not leave). Not a member of the
+/// round, but one the quorum counts: a node restarted inside the minority
+/// side of a partition learns the cluster's real size from its peers.
+pub const LOST: &str = "lost";
+
+/// The longest value accepted. A report is about 60 bytes; the bound leaves
+/// room for everything this release can encode: the longest address with
+/// every byte escaped (3 x [`MAX_ADDRESS`]), the longest namespace, and the
+/// longest numbers (found by fuzzing: 512 did not hold an address of `;`).
+pub const MAX_VALUE: usize = 1024;
 
 /// The longest advertised address accepted, in bytes.
 pub const MAX_ADDRESS: usize = 256;
@@ -324,6 +336,26 @@ mod tests {
     }
 
     #[test]
+    fn the_longest_report_this_release_can_encode_fits_and_decodes() {
+        // fuzz/seeds/report_value/escaped-address: a v1 value whose address
+        // of semicolons grew past the old 512-byte bound once re-encoded.
+        let worst = Report {
+            node: "n1".into(),
+            count: u64::MAX,
+            tie_breaker: TieBreaker::new(0.123_456_789_012_345_67),
+            weight: crate::report::MAX_WEIGHT - 0.000_000_1,
+            address: Some(";".repeat(MAX_ADDRESS)),
+            seq: u64::MAX,
+            rebalancing: true,
+        };
+        assert!(worst.is_valid());
+        let namespace = "n".repeat(64);
+        let value = encode_in(&worst, &namespace);
+        assert!(value.len() <= MAX_VALUE, "{} bytes", value.len());
+        assert_eq!(decode_in(&worst.node, &value, Some(&namespace)), Ok(worst));
+    }
+
+    #[test]
     fn both_versions_round_trip_exactly() {
         for r in [
             report(None),
@@ -373,7 +405,7 @@ mod tests {
         for (i, (value, want)) in cases.iter().enumerate() {
             assert_eq!(decode(&n, value), Err(*want), "case {i}: {value:?}");
         }
-        let long = format!("v2;c=1;s=1;t=0.5;w=1;a={}", "x".repeat(600));
+        let long = format!("v2;c=1;s=1;t=0.5;w=1;a={}", "x".repeat(MAX_VALUE));
         assert_eq!(decode(&n, &long), Err(ReportError::Oversized));
         let long_address = format!("v2;c=1;s=1;t=0.5;w=1;a={}", "x".repeat(300));
         assert_eq!(decode(&n, &long_address), Err(ReportError::InvalidValues));

@@ -1,6 +1,11 @@
 //! One `tracing` event per round, and one per shed batch.
 
-use clb_core::{Event, RoundOutcome};
+use clb_core::{Event, RoundEvent, RoundOutcome};
+
+fn member_ids(r: &RoundEvent) -> String {
+    let ids: Vec<&str> = r.members.iter().map(|m| m.node.as_str()).collect();
+    ids.join(",")
+}
 
 pub(crate) fn event(namespace: &str, event: &Event) {
     match event {
@@ -19,6 +24,9 @@ pub(crate) fn event(namespace: &str, event: &Event) {
                 count = r.count,
                 target = r.target,
                 members = r.members.len(),
+                // Which members the decision saw: an audit of every shed
+                // against what the cluster really was (scripts/chaos.py).
+                seen = %member_ids(r),
                 shed = n,
                 "round: shedding {n}"
             ),

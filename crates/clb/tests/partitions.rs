@@ -90,6 +90,8 @@ struct World {
     violations: Vec<String>,
     sheds: u64,
     rounds: u64,
+    /// Rounds discarded for want of a quorum, per node, since its last start.
+    no_quorum: [u64; NODES],
 }
 
 impl World {
@@ -108,6 +110,7 @@ impl World {
             violations: Vec::new(),
             sheds: 0,
             rounds: 0,
+            no_quorum: [0; NODES],
         }
     }
 
@@ -176,6 +179,11 @@ impl World {
 
     fn round(&mut self, i: usize, r: &RoundEvent) {
         self.rounds += 1;
+        if let RoundOutcome::Discarded { reason } = &r.outcome {
+            if reason.label() == "no_quorum" {
+                self.no_quorum[i] += 1;
+            }
+        }
         let RoundOutcome::Shed { n } = r.outcome else {
             return;
         };
@@ -296,6 +304,7 @@ async fn run_node(world: Arc<Mutex<World>>, i: usize, seed: u64) -> turmoil::Res
         let mut w = world.lock().unwrap();
         w.admission[i] = Some(balancer.admission());
         w.up_since[i] = Some(w.now);
+        w.no_quorum[i] = 0;
         w.changed();
     }
     loop {
@@ -328,6 +337,9 @@ enum Step {
 struct Scenario {
     counts: [u64; NODES],
     steps: Vec<(u64, Step)>,
+    /// A node that must have seen its rounds discarded for want of a
+    /// quorum since its last start.
+    must_lack_quorum: Option<usize>,
 }
 
 fn run(scenario: &Scenario, seed: u64) -> Outcome {
@@ -418,7 +430,12 @@ fn run(scenario: &Scenario, seed: u64) -> Outcome {
             w.violations
         );
     }
-    let w = world.lock().unwrap();
+    let mut w = world.lock().unwrap();
+    if let Some(i) = scenario.must_lack_quorum {
+        if w.no_quorum[i] == 0 {
+            w.violation(format!("{} never saw its quorum missing", name(i)));
+        }
+    }
     Outcome {
         violations: w.violations.clone(),
         sheds: w.sheds,
@@ -458,6 +475,7 @@ fn a_symmetric_3_2_split_never_lets_the_minority_shed() {
             // The minority side holds the excess: it would shed if it could.
             counts: [0, 0, 0, 900, 100],
             steps: vec![(5, Step::Split(&[&[0, 1, 2], &[3, 4]])), (25, Step::Heal)],
+            must_lack_quorum: None,
         },
     );
 }
@@ -469,6 +487,7 @@ fn an_isolated_node_sheds_nothing_and_balancing_resumes_when_it_is_back() {
         Scenario {
             counts: LOADED,
             steps: vec![(5, Step::Split(&[&[0], &[1, 2, 3, 4]])), (25, Step::Heal)],
+            must_lack_quorum: None,
         },
     );
 }
@@ -480,6 +499,7 @@ fn a_node_heard_by_nobody_but_hearing_everyone_sheds_nothing() {
         Scenario {
             counts: LOADED,
             steps: vec![(5, Step::OneWay(0, &[1, 2, 3, 4])), (25, Step::Heal)],
+            must_lack_quorum: None,
         },
     );
 }
@@ -494,6 +514,7 @@ fn thirty_percent_loss_with_200ms_jitter_never_sheds_on_an_incomplete_view() {
                 (3, Step::Loss(0.3, Duration::from_millis(200))),
                 (30, Step::Heal),
             ],
+            must_lack_quorum: None,
         },
     );
 }
@@ -505,6 +526,7 @@ fn a_crash_and_restart_with_the_same_id_during_a_rebalance_loses_no_client() {
         Scenario {
             counts: LOADED,
             steps: vec![(6, Step::Crash(1)), (12, Step::Restart(1))],
+            must_lack_quorum: None,
         },
     );
 }
@@ -521,6 +543,25 @@ fn a_flapping_node_never_causes_a_shed_on_a_partial_view() {
         Scenario {
             counts: LOADED,
             steps,
+            must_lack_quorum: None,
+        },
+    );
+}
+
+#[test]
+fn a_node_restarted_inside_a_minority_learns_the_cluster_size_and_sheds_nothing() {
+    check(
+        "restart inside a minority",
+        Scenario {
+            counts: [0, 0, 0, 900, 100],
+            steps: vec![
+                (5, Step::Split(&[&[0, 1, 2], &[3, 4]])),
+                (10, Step::Crash(4)),
+                (12, Step::Restart(4)),
+                (30, Step::Heal),
+            ],
+            // n5 never saw n1..n3 in this life: gossip tells it they exist.
+            must_lack_quorum: Some(4),
         },
     );
 }

@@ -146,6 +146,17 @@ fn failure(e: &reqwest::Error) -> (&'static str, bool) {
     }
 }
 
+/// A count or shed answer's body as a number: a non-negative integer of at
+/// most 64 bytes with surrounding whitespace, nothing else. The error is
+/// the reason label of `clb_sidecar_bad_answers_total` and a detail.
+pub fn parse_answer(body: &[u8]) -> Result<u64, (&'static str, String)> {
+    // A count or a shed answer is a few bytes: refuse a flood.
+    if body.len() > 64 {
+        return Err(("not_a_number", format!("{} bytes", body.len())));
+    }
+    number(&String::from_utf8_lossy(body))
+}
+
 /// The body as a count: a non-negative integer, nothing else.
 fn number(body: &str) -> Result<u64, (&'static str, String)> {
     let body = body.trim();
@@ -160,20 +171,16 @@ fn number(body: &str) -> Result<u64, (&'static str, String)> {
 }
 
 impl Service {
-    async fn read(&self, response: reqwest::Response) -> Result<String, (&'static str, String)> {
+    async fn read(&self, response: reqwest::Response) -> Result<u64, (&'static str, String)> {
         let status = response.status();
         if !status.is_success() {
             return Err(("http_error", format!("HTTP {}", status.as_u16())));
         }
-        // A count or a shed answer is a few bytes: refuse a flood.
         let bytes = response
             .bytes()
             .await
             .map_err(|e| (failure(&e).0, e.to_string()))?;
-        if bytes.len() > 64 {
-            return Err(("not_a_number", format!("{} bytes", bytes.len())));
-        }
-        Ok(String::from_utf8_lossy(&bytes).into_owned())
+        parse_answer(&bytes)
     }
 }
 
@@ -182,7 +189,7 @@ impl Resource for Service {
         let mut attempt = 0;
         loop {
             let answer = match self.client.get(self.count_url.clone()).send().await {
-                Ok(response) => self.read(response).await.and_then(|b| number(&b)),
+                Ok(response) => self.read(response).await,
                 Err(e) => Err((failure(&e).0, e.to_string())),
             };
             match answer {
@@ -216,7 +223,7 @@ impl Resource for Service {
                 post = post.header("x-clb-hints", hints.join(", "));
             }
             let answer = match post.send().await {
-                Ok(response) => self.read(response).await.and_then(|b| number(&b)),
+                Ok(response) => self.read(response).await,
                 // Only a call that never reached the service is sent again.
                 Err(e) if failure(&e).1 && attempt < self.retries => {
                     attempt += 1;

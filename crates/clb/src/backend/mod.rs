@@ -28,6 +28,9 @@ pub use redis::{RedisBackend, RedisConfig};
 ///   drops or repairs a value: a value the core cannot read discards the
 ///   round, it is never silently left out;
 /// - namespaces never mix;
+/// - a member the backend still knows but considers failed may be handed
+///   over with the value [`clb_core::wire::LOST`] (gossip does, for the
+///   quorum; a backend that forgets failed members at once need not);
 /// - `leave` publishes [`clb_core::wire::LEFT`] in place of the report, so
 ///   that others know the member left rather than failed (the core counts a
 ///   failed member against its quorum for a while, a member that left not

@@ -28,11 +28,11 @@ pub async fn publish<B: ClusterBackend>(b: &B, ns: &str, r: &Report) {
 }
 
 /// Each record's node and count, decoded the way the core does, sorted;
-/// members that left are not members.
+/// members that left or failed are not members.
 pub fn counts(records: &[MemberRecord]) -> Vec<(String, u64)> {
     let mut v: Vec<(String, u64)> = records
         .iter()
-        .filter(|m| m.value != wire::LEFT)
+        .filter(|m| m.value != wire::LEFT && m.value != wire::LOST)
         .map(|m| {
             let count = wire::decode(&m.node, &m.value).map_or(u64::MAX, |r| r.count);
             (m.node.to_string(), count)

@@ -554,6 +554,23 @@ impl ClusterBackend for GossipBackend {
                 age: now.saturating_duration_since(changed),
             });
         }
+        // Nodes the failure detector gave up on that did not leave: the
+        // core counts them for its quorum (a node restarted inside a
+        // minority learns from its peers how big the cluster really is).
+        let forgotten: HashSet<&ChitchatId> = chitchat.scheduled_for_deletion_nodes().collect();
+        for (id, state) in chitchat.node_states() {
+            if live.contains(id) || forgotten.contains(id) {
+                continue;
+            }
+            if state.get(&key).is_some_and(|v| v != clb_core::wire::LEFT) {
+                records.push(MemberRecord {
+                    node: NodeId::new(id.node_id.to_string()),
+                    incarnation: id.generation_id,
+                    value: clb_core::wire::LOST.to_owned(),
+                    age: Duration::ZERO,
+                });
+            }
+        }
         drop(chitchat);
         // Forget change times of incarnations that are gone.
         changes.retain(|(id, ns), _| ns != namespace || live.contains(id));
