@@ -71,9 +71,10 @@ pub struct ConfigArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub settle_rounds: Option<u32>,
-    /// Decide only while seeing a strict majority of the members seen in the
-    /// last this many rounds, so a partitioned minority never sheds; 0 = off
-    /// (default: classic: 0, else 60).
+    /// Decide only while seeing a strict majority of the members remembered,
+    /// so a partitioned minority never sheds; a node holding a majority
+    /// forgets a lost member after this many rounds; 0 = off (default:
+    /// classic: 0, else 60).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quorum_rounds: Option<u32>,

@@ -384,12 +384,8 @@ impl<R: Rng> Balancer<R> {
                 return;
             }
         };
-        let round = collect(&own, view, self.config.round_duration).and_then(|round| {
-            match self.quorum(round.num_members()) {
-                Some(reason) => Err(reason),
-                None => Ok(round),
-            }
-        });
+        let round = collect(&own, view, self.config.round_duration)
+            .and_then(|round| self.quorum(round.num_members()).map(|()| round));
         match round {
             Ok(round) => self.decide(now, round),
             Err(reason) => {
@@ -478,13 +474,8 @@ impl<R: Rng> Balancer<R> {
         if self.config.quorum_rounds == 0 {
             return;
         }
-        let live: Vec<&NodeId> = view
-            .members
-            .iter()
-            .map(|m| &m.node)
-            .chain([&self.node])
-            .collect();
-        for node in live.iter().copied().chain(&view.lost) {
+        let members = view.members.iter().map(|m| &m.node);
+        for node in members.clone().chain([&self.node]).chain(&view.lost) {
             self.seen.insert(node.clone(), now);
         }
         for node in &view.left {
@@ -492,10 +483,9 @@ impl<R: Rng> Balancer<R> {
                 self.seen.remove(node);
             }
         }
-        let mut live = live;
-        live.sort();
-        live.dedup();
-        if live.len() * 2 > self.seen.len() {
+        // The table lists each node id once; this node may be among them.
+        let live = view.members.len() + usize::from(!members.clone().any(|n| *n == self.node));
+        if live * 2 > self.seen.len() {
             let memory = self
                 .config
                 .round_duration
@@ -505,16 +495,18 @@ impl<R: Rng> Balancer<R> {
         }
     }
 
-    /// Why a complete round of `live` members (this node included) may not
-    /// be decided: `live` is no strict majority of the members remembered.
-    fn quorum(&self, live: usize) -> Option<DiscardReason> {
-        let known = self.seen.len().max(live);
-        (self.config.quorum_rounds > 0 && live * 2 <= known && known > 1).then_some(
-            DiscardReason::NoQuorum {
+    /// Whether a complete round of `live` members (this node included) may
+    /// be decided: only if they are a strict majority of the members
+    /// remembered ([`Self::remember`] has just counted them all in).
+    fn quorum(&self, live: usize) -> Result<(), DiscardReason> {
+        let known = self.seen.len();
+        if self.config.quorum_rounds > 0 && live * 2 <= known {
+            return Err(DiscardReason::NoQuorum {
                 live: live as u64,
                 known: known as u64,
-            },
-        )
+            });
+        }
+        Ok(())
     }
 
     fn decide(&mut self, now: Millis, round: Round) {
@@ -822,6 +814,26 @@ mod tests {
         (outcomes, now)
     }
 
+    /// `ids` as the backend hands them over with a marker value
+    /// ([`crate::wire::LEFT`] or [`crate::wire::LOST`]) in place of a report.
+    fn marked(ids: &[&str], value: &str) -> Vec<MemberRecord> {
+        ids.iter()
+            .map(|&id| MemberRecord {
+                node: id.into(),
+                incarnation: 0,
+                value: value.into(),
+                age: Duration::ZERO,
+            })
+            .collect()
+    }
+
+    fn all_lack_quorum(outcomes: &[RoundOutcome], live: u64, known: u64) -> bool {
+        let want = RoundOutcome::Discarded {
+            reason: DiscardReason::NoQuorum { live, known },
+        };
+        outcomes.iter().all(|o| *o == want)
+    }
+
     fn quorum_config() -> Config {
         Config {
             settle_rounds: 0,
@@ -838,14 +850,7 @@ mod tests {
         // Cut off with b: two of five, far out of balance, and yet no shed.
         let two = view(&[("b", 0, 0)]);
         let (outcomes, now) = rounds_on(&mut b, now, 400, &two, 3);
-        for o in &outcomes {
-            assert_eq!(
-                *o,
-                RoundOutcome::Discarded {
-                    reason: DiscardReason::NoQuorum { live: 2, known: 5 }
-                }
-            );
-        }
+        assert!(all_lack_quorum(&outcomes, 2, 5), "{outcomes:?}");
         // d and e crashed for good; with b and c this node is a majority
         // and decides, and after ten rounds it forgets d and e ...
         let three = view(&[("b", 0, 0), ("c", 100, 0)]);
@@ -870,13 +875,7 @@ mod tests {
         let two = view(&[("b", 0, 0)]);
         // Five times the memory: still two of five.
         let (outcomes, _) = rounds_on(&mut b, now, 400, &two, 50);
-        assert!(
-            outcomes.iter().all(|o| *o
-                == RoundOutcome::Discarded {
-                    reason: DiscardReason::NoQuorum { live: 2, known: 5 }
-                }),
-            "{outcomes:?}"
-        );
+        assert!(all_lack_quorum(&outcomes, 2, 5), "{outcomes:?}");
     }
 
     #[test]
@@ -885,22 +884,9 @@ mod tests {
         // and e, but gossip still knows them as failed.
         let mut b = balancer(quorum_config());
         let mut records = view(&[("b", 0, 0)]);
-        for id in ["c", "d", "e"] {
-            records.push(MemberRecord {
-                node: id.into(),
-                incarnation: 0,
-                value: crate::wire::LOST.into(),
-                age: Duration::ZERO,
-            });
-        }
+        records.extend(marked(&["c", "d", "e"], crate::wire::LOST));
         let (outcomes, _) = rounds_on(&mut b, Millis(0), 400, &records, 3);
-        assert!(
-            outcomes.iter().all(|o| *o
-                == RoundOutcome::Discarded {
-                    reason: DiscardReason::NoQuorum { live: 2, known: 5 }
-                }),
-            "{outcomes:?}"
-        );
+        assert!(all_lack_quorum(&outcomes, 2, 5), "{outcomes:?}");
     }
 
     #[test]
@@ -917,14 +903,7 @@ mod tests {
         // d and e left gracefully (their values are `left`), and c too: a
         // scale-down, not a partition. The two left decide at once.
         let mut scaled = view(&[("b", 0, 0)]);
-        for id in ["c", "d", "e"] {
-            scaled.push(MemberRecord {
-                node: id.into(),
-                incarnation: 0,
-                value: crate::wire::LEFT.into(),
-                age: Duration::ZERO,
-            });
-        }
+        scaled.extend(marked(&["c", "d", "e"], crate::wire::LEFT));
         let (outcomes, _) = rounds_on(&mut b, now, 400, &scaled, 1);
         assert!(
             matches!(outcomes[0], RoundOutcome::Shed { .. }),

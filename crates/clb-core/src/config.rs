@@ -95,11 +95,11 @@ pub struct Config {
     /// (classic: 0); 0 to 1000.
     pub settle_rounds: u32,
     /// Quorum: a node decides only while it sees a strict majority of the
-    /// members it has seen in the last `quorum_rounds` rounds (itself
-    /// included), so the minority side of a network partition never sheds
-    /// on its partial view. A member that leaves gracefully is forgotten at
-    /// once; one that crashed or is cut off counts until this many rounds
-    /// have passed without it. 0 turns the rule off (the classic preset).
+    /// members it remembers (itself included), so the minority side of a
+    /// network partition never sheds on its partial view. A member that
+    /// leaves gracefully is forgotten at once; one that crashed or is cut
+    /// off is forgotten after this many rounds without it, and only by a
+    /// node that holds a majority. 0 turns the rule off (the classic preset).
     /// Default 60 (10 minutes at the default round); 0 to 100000.
     pub quorum_rounds: u32,
     /// Pacing: spread a decided amount over this share of a round, in

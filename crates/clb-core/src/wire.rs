@@ -22,7 +22,8 @@
 //! - **`left`**: the value a member writes when it leaves gracefully
 //!   ([`LEFT`]). It is not a report: the member is out of the view at once
 //!   and out of the quorum's memory (see [`crate::Config::quorum_rounds`]),
-//!   where a member that vanished without it counts as lost for a while.
+//!   where a member that vanished without it counts as lost until a node
+//!   holding a majority forgets it.
 //!   A release before this one reads it as an unknown version and discards
 //!   rounds until the member is gone (a few seconds).
 //! - **`lost`** ([`LOST`]) is never published: a backend hands it over for

@@ -33,8 +33,9 @@ pub use redis::{RedisBackend, RedisConfig};
 ///   quorum; a backend that forgets failed members at once need not);
 /// - `leave` publishes [`clb_core::wire::LEFT`] in place of the report, so
 ///   that others know the member left rather than failed (the core counts a
-///   failed member against its quorum for a while, a member that left not
-///   at all); a node that stops publishing is dropped by failure detection;
+///   failed member against its quorum until a node holding a majority
+///   forgets it, a member that left not at all); a node that stops
+///   publishing is dropped by failure detection;
 /// - what arrives from the network in a form the backend cannot even carry
 ///   (a forged or malformed datagram, say) is dropped there and counted in
 ///   [`crate::metrics::REJECTED_MESSAGES`], and logged at a bounded rate.
