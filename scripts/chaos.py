@@ -371,6 +371,18 @@ def status(i):
     return json.loads(body) if body else None
 
 
+def stop(proc, timeout):
+    """SIGTERM, then SIGKILL if `proc` has not ended within `timeout` s."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def swarm_stats(path):
     try:
         with open(path) as f:
@@ -494,12 +506,7 @@ def main():
             st = status(i) or {}
             metrics[name(i)] = st.get("rounds")
     finally:
-        if swarm:
-            swarm.send_signal(signal.SIGTERM)
-            try:
-                swarm.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                swarm.kill()
+        stop(swarm, 20)
         cluster.stop()
         cleanup()
 

@@ -30,7 +30,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from chaos import build, fetch, sheds, swarm_stats  # noqa: E402
+from chaos import build, fetch, sheds, stop, swarm_stats  # noqa: E402
 
 NODES = 6
 ROUND_S = 2.0
@@ -112,12 +112,7 @@ class Node:
 
     def restart_gracefully(self):
         self.harvest()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop(self.proc, 20)
         self.start()
 
 
@@ -212,12 +207,8 @@ def main():
             final.append({"node": name(n.i), "count": st.get("count"), "rss": n.sample()})
             n.harvest()
     finally:
-        if swarm:
-            swarm.send_signal(signal.SIGTERM)
-            try:
-                swarm.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                swarm.kill()
+        stop(swarm, 30)
+        # All at once, then wait: six graceful drains in parallel.
         for n in nodes:
             if n.proc and n.proc.poll() is None:
                 n.proc.send_signal(signal.SIGTERM)

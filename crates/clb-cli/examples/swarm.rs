@@ -35,9 +35,25 @@ struct Args {
     stats: PathBuf,
 }
 
+/// Refuses what cannot work before any client starts: one `error:` line,
+/// exit 2, as the `clb` command does.
+fn refuse(what: String) -> ! {
+    eprintln!("error: {what}");
+    std::process::exit(2)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(i) = args.first_node.filter(|&i| i >= args.nodes.len()) {
+        refuse(format!(
+            "--first-node {i}: there are {} nodes (0-based)",
+            args.nodes.len()
+        ));
+    }
+    if let Err(e) = std::fs::write(&args.stats, "{}") {
+        refuse(format!("--stats {}: {e}", args.stats.display()));
+    }
     rlimit::increase_nofile_limit(args.clients as u64 * 2 + 256)?;
     let swarm = Swarm::start(SwarmConfig {
         nodes: args.nodes,

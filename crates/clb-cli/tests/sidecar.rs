@@ -52,6 +52,15 @@ fn python(script: &str, args: &[&str]) -> Option<(Child, String)> {
     }
 }
 
+/// The fixture's bad count answers, and the reason each is counted under.
+const BAD_COUNTS: [(&str, &str); 5] = [
+    ("garbage", "not_a_number"),
+    ("negative", "negative"),
+    ("error", "http_error"),
+    ("hang", "timeout"),
+    ("down", "refused"),
+];
+
 /// The Python service; killed on drop.
 struct Service {
     _child: Killed,
@@ -205,13 +214,7 @@ async fn a_service_answering_garbage_hanging_or_down_is_survived_and_nothing_is_
     let s0 = service.sidecar(0, &[], &[]);
     let s1 = service.sidecar(1, &[&s0], &[]);
     let s2 = service.sidecar(2, &[&s0, &s1], &[]);
-    for (mode, reason) in [
-        ("garbage", "not_a_number"),
-        ("negative", "negative"),
-        ("error", "http_error"),
-        ("hang", "timeout"),
-        ("down", "refused"),
-    ] {
+    for (mode, reason) in BAD_COUNTS {
         service.set_mode(0, mode).await;
         let before = bad(&metrics(&s0).await, "count", reason);
         until(
@@ -237,13 +240,7 @@ async fn a_service_answering_garbage_hanging_or_down_is_survived_and_nothing_is_
     }
     // Each reason was logged, and at a bounded rate.
     let log = s0.log();
-    for reason in [
-        "not_a_number",
-        "negative",
-        "http_error",
-        "timeout",
-        "refused",
-    ] {
+    for (_, reason) in BAD_COUNTS {
         assert!(
             log.lines()
                 .any(|l| l.contains("WARN") && l.contains(reason)),
@@ -361,13 +358,7 @@ async fn the_readme_python_example_is_balanced_by_a_sidecar() {
     })
     .await;
     let (_, metrics) = probe::get(a.http, "/metrics").await.unwrap();
-    for reason in [
-        "not_a_number",
-        "negative",
-        "http_error",
-        "timeout",
-        "refused",
-    ] {
+    for (_, reason) in BAD_COUNTS {
         assert_eq!(bad(&metrics, "count", reason), 0.0, "{metrics}");
     }
 }
